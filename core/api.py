@@ -1,0 +1,157 @@
+"""The Python API: an :class:`Engine` (plugins + caches) and the one-call :func:`run` / :func:`validate`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .cache import DEFAULT_MEMORY_BYTES, DiskCache, MemoryCache
+from .errors import Problem, WorkflowInvalid
+from .events import Sink
+from .executor import Executor, RunResult
+from .registry import ENTRY_POINT_GROUP, NodeRegistry, PluginInfo, PluginSet
+from .validate import Plan, plan_workflow
+from .workflow import Workflow, load_document, parse_document
+
+WorkflowLike = str | Path | dict[str, Any] | Workflow
+
+#: Where relative output paths land when no ``out_dir`` is given.
+DEFAULT_OUT_DIR = Path("outputs")
+
+
+def read_workflow(workflow: WorkflowLike) -> tuple[Workflow | None, list[Problem], Path]:
+    """Parse a workflow given as a path, a dict or a model; return it, its format problems and its folder.
+
+    A workflow's folder is where relative input paths resolve: the file's folder, or the current
+    folder for a dict or model.
+    """
+    if isinstance(workflow, Workflow):
+        return workflow, [], Path.cwd()
+    if isinstance(workflow, dict):
+        wf, problems = parse_document(workflow)
+        return wf, problems, Path.cwd()
+    path = Path(workflow)
+    try:
+        doc = load_document(path)
+    except (OSError, ValueError) as exc:
+        return None, [Problem("bad_format", f"cannot read workflow {path}: {exc}")], path.parent.resolve()
+    wf, problems = parse_document(doc)
+    return wf, problems, path.parent.resolve()
+
+
+class Engine:
+    """Plugins, node registry, caches and executor for running many workflows in one process.
+
+    Runs on one engine share the in-memory cache, so re-running a workflow after changing one literal
+    re-executes only that node and its descendants. With ``cache_dir``, results that can be stored
+    safely also persist across processes.
+    """
+
+    def __init__(
+        self,
+        plugins: Iterable[Any] = (),
+        *,
+        cache_dir: str | Path | None = None,
+        memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        builtin: bool = True,
+        entry_points: bool = True,
+        env: bool = True,
+    ) -> None:
+        self.plugin_set = PluginSet().load(
+            plugins, builtin=builtin, entry_points_group=ENTRY_POINT_GROUP if entry_points else None, env=env
+        )
+        self.executor = Executor(MemoryCache(memory_bytes), DiskCache(cache_dir) if cache_dir else None)
+
+    @property
+    def registry(self) -> NodeRegistry:
+        """The node types this engine knows."""
+        return self.plugin_set.registry
+
+    @property
+    def plugins(self) -> list[PluginInfo]:
+        """Every plugin this engine tried to load, with its node types or its load error."""
+        return self.plugin_set.plugins
+
+    def check(
+        self, workflow: WorkflowLike, params: dict[str, Any] | None = None, outputs: Sequence[str] | None = None
+    ) -> tuple[Plan | None, list[Problem], Path]:
+        """Parse and validate without running: the plan (None when unparseable), all problems, the folder."""
+        wf, problems, base = read_workflow(workflow)
+        if wf is None:
+            return None, problems, base
+        plan, problems = plan_workflow(wf, self.registry, params, outputs, problems)
+        return plan, problems, base
+
+    def validate(
+        self, workflow: WorkflowLike, params: dict[str, Any] | None = None, outputs: Sequence[str] | None = None
+    ) -> list[Problem]:
+        """Every problem in the workflow (empty when valid). Loads no model and runs nothing."""
+        return self.check(workflow, params, outputs)[1]
+
+    def run(
+        self,
+        workflow: WorkflowLike,
+        params: dict[str, Any] | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        events: Iterable[Sink] = (),
+    ) -> RunResult:
+        """Validate, then run the nodes that ``outputs`` need (all terminal nodes when None).
+
+        Raises :class:`WorkflowInvalid` (nothing ran), :class:`NodeFailed` or :class:`RunInterrupted`
+        (finished results stay cached; the partial record is ``exc.result``).
+        """
+        plan, problems, base = self.check(workflow, params, outputs)
+        if problems or plan is None:
+            raise WorkflowInvalid(problems)
+        out = Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR
+        return self.executor.run(plan, out_dir=out.resolve(), base_dir=base, sinks=events)
+
+    def interrupt(self) -> None:
+        """Ask the current run to stop at the next progress tick or node boundary (thread-safe)."""
+        self.executor.interrupt_flag.set()
+
+
+_engines: dict[tuple[Any, ...], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _shared_engine(plugins: Iterable[Any], cache_dir: str | Path | None) -> Engine:
+    plugins = tuple(plugins)
+    key = (plugins, str(Path(cache_dir).expanduser().resolve()) if cache_dir else None)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = Engine(plugins, cache_dir=cache_dir)
+        return engine
+
+
+def run(
+    workflow: WorkflowLike,
+    params: dict[str, Any] | None = None,
+    outputs: Sequence[str] | None = None,
+    cache_dir: str | Path | None = None,
+    plugins: Iterable[Any] = (),
+    *,
+    out_dir: str | Path | None = None,
+    events: Iterable[Sink] = (),
+) -> RunResult:
+    """Run a workflow (path, dict or :class:`Workflow`) and return its :class:`RunResult`.
+
+    Calls with the same ``plugins`` and ``cache_dir`` share one :class:`Engine`, hence one in-memory
+    cache: a second call re-runs only what changed. See :meth:`Engine.run` for the errors raised.
+    """
+    return _shared_engine(plugins, cache_dir).run(workflow, params, outputs, out_dir=out_dir, events=events)
+
+
+def validate(
+    workflow: WorkflowLike,
+    params: dict[str, Any] | None = None,
+    outputs: Sequence[str] | None = None,
+    plugins: Iterable[Any] = (),
+) -> list[Problem]:
+    """Every problem in the workflow, located and coded (empty when valid); runs nothing."""
+    return _shared_engine(plugins, None).validate(workflow, params, outputs)

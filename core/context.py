@@ -1,0 +1,61 @@
+"""The run context: what a running node may ask the engine for (progress, interruption, folders)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import RunInterrupted
+
+
+@dataclass
+class RunContext:
+    """Handed to a node that declares a parameter annotated ``RunContext``; never a graph input.
+
+    ``progress(i, n)`` reports how far a long node has come and is where interruption takes effect:
+    call it at every step, and the node stops within one step of an interrupt.
+    """
+
+    node_id: str
+    node_type: str
+    out_dir: Path
+    base_dir: Path
+    cache_dir: Path | None
+    temp_root: Path
+    _emit_progress: Callable[[int, int, dict[str, Any]], None] = field(repr=False, default=lambda i, n, e: None)
+    _interrupt: threading.Event = field(repr=False, default_factory=threading.Event)
+
+    def progress(self, i: int, n: int, **extra: Any) -> None:
+        """Report step ``i`` of ``n`` (emits ``node_progress``) and stop here if the run was interrupted."""
+        self.check_interrupted()
+        self._emit_progress(i, n, extra)
+
+    def check_interrupted(self) -> None:
+        """Raise :class:`RunInterrupted` if an interrupt was requested."""
+        if self._interrupt.is_set():
+            raise RunInterrupted(self.node_id)
+
+    @property
+    def temp_dir(self) -> Path:
+        """A scratch folder for this node, created on first use and removed when the run ends."""
+        folder = self.temp_root / f"node-{abs(hash(self.node_id)):x}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether an interrupt was requested (for nodes that want to stop on their own terms)."""
+        return self._interrupt.is_set()
+
+    def resolve_input(self, path: str | Path) -> Path:
+        """Where an input path given in a workflow points: relative paths resolve against the workflow's folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+    def resolve_output(self, path: str | Path) -> Path:
+        """Where an output path given in a workflow lands: relative paths go under the run's output folder."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.out_dir / p

@@ -1,0 +1,93 @@
+"""Structured problems and the exceptions that carry them.
+
+Every problem the engine reports has a stable ``code`` (public contract: tools match on it), the node id and
+input name it belongs to (when there is one) and a human message. Validation collects all problems before
+raising, so a user fixes a workflow in one pass instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+#: Every validation code the engine emits, with what it means. Documented in docs/errors.md.
+VALIDATION_CODES: dict[str, str] = {
+    "bad_format": "the document does not follow the workflow format (wrong JSON type, missing field, bad link)",
+    "unknown_node_type": "no registered node type has this name",
+    "node_type_conflict": "two plugins register this node type; neither is used until one is removed",
+    "missing_input": "a required input of the node is not given",
+    "unknown_input": "the node type has no input of this name",
+    "type_mismatch": "the linked output's (or parameter's) type does not fit the input's type",
+    "invalid_value": "a literal or parameter value breaks the input's type or constraints",
+    "dangling_link": "a link names a node or an output that does not exist",
+    "cycle": "links form a cycle; the message names the nodes on it",
+    "unknown_param": "a parameter is referenced or set but not declared in `params`",
+    "missing_param": "a declared parameter has no default and no value was given",
+    "unknown_output": "a requested output does not exist",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One located problem in a workflow: a stable code, where it is, and what is wrong."""
+
+    code: str
+    message: str
+    node: str | None = None
+    input: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The JSON form printed by ``reelgraph validate --json``."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        where = ""
+        if self.node is not None:
+            where = f"nodes.{self.node}" + (f".inputs.{self.input}" if self.input else "")
+        elif self.input is not None:
+            where = f"params.{self.input}"
+        return f"{self.code}: {where + ': ' if where else ''}{self.message}"
+
+
+class ReelgraphError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class WorkflowInvalid(ReelgraphError):
+    """The workflow did not validate; ``problems`` lists every problem found, in document order."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"workflow is invalid ({len(problems)} problem(s)):\n{lines}")
+
+
+class NodeFailed(ReelgraphError):
+    """A node raised while running. Results of nodes that finished before it stay cached."""
+
+    code = "node_failed"
+
+    def __init__(self, node: str, node_type: str, message: str, result: object | None = None) -> None:
+        self.node = node
+        self.node_type = node_type
+        self.message = message
+        self.result = result
+        super().__init__(f"node {node!r} ({node_type}) failed: {message}")
+
+
+class RunInterrupted(ReelgraphError):
+    """The run was interrupted (SIGINT or :meth:`Engine.interrupt`); finished results stay cached."""
+
+    code = "interrupted"
+
+    def __init__(self, node: str | None = None, result: object | None = None) -> None:
+        self.node = node
+        self.result = result
+        super().__init__("run interrupted" + (f" during node {node!r}" if node else ""))
+
+
+class NodeDefinitionError(ReelgraphError, TypeError):
+    """A node type is declared wrongly (raised at decoration time, naming the node and the field)."""
+
+
+class PluginError(ReelgraphError):
+    """A plugin could not be loaded or registered."""

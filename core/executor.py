@@ -1,0 +1,215 @@
+"""Runs a validated plan: only the nodes the targets need, in topological order, through the cache.
+
+Each node's cache key is computed from its inputs before it runs; a hit (memory first, then disk)
+skips the work. Results are cached as each node finishes, so a failure or an interrupt later in the
+run loses nothing already computed. A first SIGINT requests a clean stop (taking effect at the next
+``ctx.progress`` tick or between nodes); a second one raises ``KeyboardInterrupt`` at once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cache import DiskCache, MemoryCache, node_key
+from .context import RunContext
+from .errors import NodeFailed, ReelgraphError, RunInterrupted
+from .events import Event, Sink
+from .graph import execution_order
+from .validate import Plan, PlannedNode
+
+
+@dataclass
+class NodeRecord:
+    """How one node fared in a run: ``ran`` or ``cached``, the seconds it took, and its cache key."""
+
+    node: str
+    type: str
+    status: str
+    seconds: float
+    key: str
+
+
+@dataclass
+class RunResult:
+    """The outcome of a run: requested outputs by ``"node.output"``, and a record per node."""
+
+    run_id: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    records: dict[str, NodeRecord] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    status: str = "running"
+
+    @property
+    def ran(self) -> list[str]:
+        """Ids of the nodes that actually ran (in order)."""
+        return [r.node for r in self.records.values() if r.status == "ran"]
+
+    @property
+    def cached(self) -> list[str]:
+        """Ids of the nodes served from the cache (in order)."""
+        return [r.node for r in self.records.values() if r.status == "cached"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able run record (outputs shown by type and short repr)."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "seconds": round(self.seconds, 6),
+            "params": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in self.params.items()},
+            "nodes": [r.__dict__ for r in self.records.values()],
+            "outputs": {k: _describe(v) for k, v in self.outputs.items()},
+        }
+
+
+def _describe(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _paths_exist(outputs: dict[str, Any]) -> bool:
+    return all(Path(v).exists() for v in outputs.values() if isinstance(v, os.PathLike))
+
+
+@contextmanager
+def _sigint_requests(flag: threading.Event) -> Iterator[None]:
+    """While running in the main thread, turn the first Ctrl-C into a clean-stop request."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Executor:
+    """Executes plans against a memory cache (and optionally a disk cache), emitting events to sinks."""
+
+    def __init__(self, memory: MemoryCache, disk: DiskCache | None = None) -> None:
+        self.memory = memory
+        self.disk = disk
+        self.interrupt_flag = threading.Event()
+
+    def run(self, plan: Plan, *, out_dir: Path, base_dir: Path, sinks: Iterable[Sink] = ()) -> RunResult:
+        """Run the plan's targets; raise :class:`NodeFailed` or :class:`RunInterrupted` on failure.
+
+        Either exception carries the partial :class:`RunResult` as ``.result``.
+        """
+        sinks = list(sinks)
+        result = RunResult(run_id=uuid.uuid4().hex[:12], params=dict(plan.params))
+        order = execution_order(plan.graph, [n for n, _ in plan.targets])
+        self.interrupt_flag.clear()
+
+        def emit(ev: Event) -> None:
+            for sink in sinks:
+                sink(ev)
+
+        started = time.perf_counter()
+        emit(Event("run_started", result.run_id, extra={"nodes": len(order), "workflow": plan.workflow.name}))
+        values: dict[str, dict[str, Any]] = {}
+        keys: dict[str, str] = {}
+        temp_root = Path(tempfile.mkdtemp(prefix="reelgraph-run-"))
+        try:
+            with _sigint_requests(self.interrupt_flag):
+                for node_id in order:
+                    if self.interrupt_flag.is_set():
+                        raise RunInterrupted(node_id)
+                    pn = plan.nodes[node_id]
+                    values[node_id] = self._run_node(pn, values, keys, result, (out_dir, base_dir), temp_root, emit)
+        except (NodeFailed, RunInterrupted) as exc:
+            result.status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
+            result.seconds = time.perf_counter() - started
+            exc.result = result
+            emit(Event("run_finished", result.run_id, seconds=result.seconds, message=str(exc),
+                       extra={"status": result.status, "ran": len(result.ran), "cached": len(result.cached)}))
+            raise
+        finally:
+            shutil.rmtree(temp_root, ignore_errors=True)
+        for node_id, out in plan.targets:
+            names = [out] if out else list(plan.nodes[node_id].type.outputs)
+            for name in names:
+                result.outputs[f"{node_id}.{name}"] = values[node_id][name]
+        result.status = "finished"
+        result.seconds = time.perf_counter() - started
+        emit(Event("run_finished", result.run_id, seconds=result.seconds,
+                   extra={"status": "finished", "ran": len(result.ran), "cached": len(result.cached)}))
+        return result
+
+    def _run_node(self, pn: PlannedNode, values: dict[str, dict[str, Any]], keys: dict[str, str],
+                  result: RunResult, dirs: tuple[Path, Path], temp_root: Path, emit: Any) -> dict[str, Any]:
+        nt = pn.type
+        out_dir, base_dir = dirs
+        upstream = {name: (keys[link.node], link.output) for name, link in pn.links.items()}
+        salt = f"{pn.id}@{out_dir}" if nt.side_effects else None
+        key = node_key(nt.name, nt.version, pn.values, upstream, salt=salt)
+        keys[pn.id] = key
+        t0 = time.perf_counter()
+        cached = self._lookup(key, pn)
+        if cached is not None:
+            result.records[pn.id] = NodeRecord(pn.id, nt.name, "cached", time.perf_counter() - t0, key)
+            emit(Event("node_cached", result.run_id, node=pn.id, node_type=nt.name))
+            return cached
+        kwargs = {name: port.default for name, port in nt.inputs.items() if not port.required}
+        kwargs.update(pn.values)
+        for name, link in pn.links.items():
+            kwargs[name] = values[link.node][link.output]
+        emit(Event("node_started", result.run_id, node=pn.id, node_type=nt.name))
+
+        def on_progress(i: int, n: int, extra: dict[str, Any]) -> None:
+            emit(Event("node_progress", result.run_id, node=pn.id, node_type=nt.name, i=i, n=n, extra=extra))
+
+        ctx = RunContext(pn.id, nt.name, out_dir, base_dir, self.disk.root if self.disk else None,
+                         temp_root, on_progress, self.interrupt_flag)
+        t0 = time.perf_counter()
+        try:
+            outputs = nt.call(kwargs, ctx)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt as exc:
+            raise RunInterrupted(pn.id) from exc
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, ReelgraphError) else f"{type(exc).__name__}: {exc}"
+            emit(Event("node_failed", result.run_id, node=pn.id, node_type=nt.name,
+                       seconds=time.perf_counter() - t0, message=message))
+            raise NodeFailed(pn.id, nt.name, message) from exc
+        seconds = time.perf_counter() - t0
+        self.memory.put(key, outputs)
+        if self.disk is not None:
+            self.disk.put(key, outputs)
+        result.records[pn.id] = NodeRecord(pn.id, nt.name, "ran", seconds, key)
+        emit(Event("node_finished", result.run_id, node=pn.id, node_type=nt.name, seconds=seconds))
+        return outputs
+
+    def _lookup(self, key: str, pn: PlannedNode) -> dict[str, Any] | None:
+        hit = self.memory.get(key)
+        if hit is None and self.disk is not None:
+            hit = self.disk.get(key, {n: o.annotation for n, o in pn.type.outputs.items()})
+            if hit is not None:
+                self.memory.put(key, hit)
+        if hit is not None and pn.type.side_effects and not _paths_exist(hit):
+            self.memory.discard(key)
+            return None
+        return hit

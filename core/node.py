@@ -1,0 +1,276 @@
+"""How a node type is declared: a typed Python function whose signature is its interface.
+
+``@node("namespace.name", version=1, category="...")`` turns a function into a node type:
+
+* each parameter is an **input** (annotation = type; default = optional; pydantic ``Field`` /
+  ``Annotated[..., Field(...)]`` = constraints and description);
+* the return annotation gives the **outputs**: a ``NamedTuple`` gives one output per field; any
+  other type gives one output named ``result`` (or the name passed as ``output=``); ``None`` gives none;
+* a parameter annotated :class:`RunContext` receives the run context instead of a graph input.
+
+Everything is checked when the decorator runs, and each message starts with the node and field name.
+The decorated function stays an ordinary callable.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, get_args, get_origin
+
+from pydantic import PydanticSchemaGenerationError, TypeAdapter
+from pydantic.fields import FieldInfo
+
+from .context import RunContext
+from .errors import NodeDefinitionError
+
+DEFAULT_OUTPUT = "result"
+_TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
+_PORT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_INPUTS = {"type", "inputs"}
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Missing()
+
+
+@dataclass(frozen=True)
+class InputPort:
+    """One input of a node type: its type, default (or :data:`REQUIRED`), constraints and description."""
+
+    name: str
+    annotation: Any
+    default: Any
+    field_info: FieldInfo | None
+    description: str
+
+    @property
+    def required(self) -> bool:
+        """Whether the workflow must give this input."""
+        return self.default is REQUIRED
+
+    @cached_property
+    def adapter(self) -> TypeAdapter[Any] | None:
+        """Validator for literal values, or None when the type can only arrive through a link."""
+        tp = self.annotation
+        if self.field_info is not None:
+            tp = typing.Annotated[tp, self.field_info]
+        try:
+            return TypeAdapter(tp)
+        except PydanticSchemaGenerationError:
+            return None
+
+    @cached_property
+    def literal_schema(self) -> dict[str, Any] | None:
+        """JSON Schema of a literal value for this input, or None when it must be linked."""
+        if self.adapter is None:
+            return None
+        try:
+            return self.adapter.json_schema()
+        except Exception:  # types pydantic can validate but not describe
+            return None
+
+
+@dataclass(frozen=True)
+class OutputPort:
+    """One output of a node type."""
+
+    name: str
+    annotation: Any
+
+
+@dataclass
+class NodeType:
+    """A registered kind of node: name, version, ports, and the function that does the work."""
+
+    name: str
+    version: int
+    category: str
+    fn: Callable[..., Any]
+    description: str
+    inputs: dict[str, InputPort]
+    outputs: dict[str, OutputPort]
+    context_param: str | None = None
+    side_effects: bool = False
+    multi_output: bool = False
+    plugin: str | None = field(default=None, compare=False)
+
+    def call(self, kwargs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
+        """Run the function and return its outputs by name."""
+        if self.context_param is not None:
+            kwargs = {**kwargs, self.context_param: ctx}
+        value = self.fn(**kwargs)
+        if self.multi_output:
+            return dict(zip(self.outputs, value, strict=True))
+        if not self.outputs:
+            return {}
+        return {next(iter(self.outputs)): value}
+
+
+def _doc_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """Split a docstring into its description and the per-argument lines of an ``Args:`` section."""
+    doc = inspect.getdoc(fn) or ""
+    args: dict[str, str] = {}
+    m = re.search(r"^(Args|Inputs|Parameters):\s*$", doc, flags=re.MULTILINE)
+    if m is None:
+        return doc.strip(), args
+    body = doc[m.end():]
+    current = None
+    for line in body.splitlines():
+        if not line.strip():
+            continue
+        hit = re.match(r"^\s{2,}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
+        if hit and hit[1] not in args:
+            current = hit[1]
+            args[current] = hit[2].strip()
+        elif current is not None and line.startswith(" "):
+            args[current] += " " + line.strip()
+        else:
+            break
+    return doc[: m.start()].strip(), args
+
+
+def _is_namedtuple(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, tuple) and hasattr(tp, "_fields")
+
+
+def _split_annotated(tp: Any) -> tuple[Any, FieldInfo | None]:
+    if get_origin(tp) is typing.Annotated:
+        base, *meta = get_args(tp)
+        infos = [m for m in meta if isinstance(m, FieldInfo)]
+        if infos:
+            return base, FieldInfo.merge_field_infos(*infos)
+    return tp, None
+
+
+def build_node_type(
+    fn: Callable[..., Any],
+    name: str,
+    *,
+    version: int = 1,
+    category: str = "misc",
+    output: str = DEFAULT_OUTPUT,
+    side_effects: bool = False,
+    description: str | None = None,
+) -> NodeType:
+    """Build a :class:`NodeType` from a function, checking the whole declaration (see :func:`node`)."""
+    where = f"node {name!r} ({getattr(fn, '__qualname__', fn)})"
+    if not _TYPE_NAME.match(name):
+        raise NodeDefinitionError(f"{where}: type name must match {_TYPE_NAME.pattern}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise NodeDefinitionError(f"{where}: version must be an int >= 1, got {version!r}")
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception as exc:
+        raise NodeDefinitionError(f"{where}: cannot resolve type hints: {exc}") from exc
+    doc, arg_docs = _doc_parts(fn)
+    inputs: dict[str, InputPort] = {}
+    context_param = None
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
+            raise NodeDefinitionError(f"{where}.{p.name}: *args, **kwargs and positional-only are not inputs")
+        if p.name not in hints:
+            raise NodeDefinitionError(f"{where}.{p.name}: missing type annotation; every input needs one")
+        ann = hints[p.name]
+        if ann is RunContext:
+            context_param = p.name
+            continue
+        if p.name in _RESERVED_INPUTS or not _PORT_NAME.match(p.name):
+            raise NodeDefinitionError(f"{where}.{p.name}: reserved or invalid input name")
+        base, info = _split_annotated(ann)
+        default: Any = REQUIRED if p.default is p.empty else p.default
+        if isinstance(default, FieldInfo):
+            info = FieldInfo.merge_field_infos(info, default) if info else default
+            default = REQUIRED if info.is_required() else info.get_default(call_default_factory=True)
+        desc = (info.description if info and info.description else None) or arg_docs.get(p.name, "")
+        port = InputPort(p.name, base, default, info, desc)
+        if default is not REQUIRED and port.adapter is not None:
+            try:
+                port.adapter.validate_python(default)
+            except Exception as exc:
+                raise NodeDefinitionError(f"{where}.{p.name}: default {default!r} is not valid: {exc}") from exc
+        inputs[p.name] = port
+    if "return" not in hints:
+        raise NodeDefinitionError(f"{where}: missing return annotation; it declares the outputs")
+    ret = hints["return"]
+    outputs: dict[str, OutputPort] = {}
+    multi = False
+    if ret is None or ret is type(None):
+        pass
+    elif _is_namedtuple(ret):
+        multi = True
+        for out_name, out_type in typing.get_type_hints(ret, include_extras=True).items():
+            outputs[out_name] = OutputPort(out_name, out_type)
+    else:
+        if not _PORT_NAME.match(output):
+            raise NodeDefinitionError(f"{where}: output name {output!r} is not an identifier")
+        outputs[output] = OutputPort(output, ret)
+    return NodeType(
+        name=name,
+        version=version,
+        category=category,
+        fn=fn,
+        description=description if description is not None else doc,
+        inputs=inputs,
+        outputs=outputs,
+        context_param=context_param,
+        side_effects=side_effects,
+        multi_output=multi,
+    )
+
+
+def node(
+    name: str,
+    *,
+    version: int = 1,
+    category: str = "misc",
+    output: str = DEFAULT_OUTPUT,
+    side_effects: bool = False,
+    description: str | None = None,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a function as a node type named ``name`` (``"namespace.name"`` or a bare name).
+
+    Args:
+        name: the type name workflows use (lowercase, dotted namespaces allowed). Public contract.
+        version: bump when the node's results change for the same inputs; part of every cache key.
+        category: a group for listings and docs ("io", "conditioning", "sampling", ...).
+        output: the name of the single output when the return type is not a NamedTuple.
+        side_effects: the node writes files or otherwise acts on the world; its cached result is
+            reused only while every path it returned still exists, and never shared between nodes.
+        description: overrides the docstring as the node's documentation.
+
+    The function is returned unchanged except for a ``__reelgraph_node__`` attribute holding its
+    :class:`NodeType`; register it with ``registry.add(fn)`` from a plugin hook.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.__reelgraph_node__ = build_node_type(  # type: ignore[attr-defined]
+            fn,
+            name,
+            version=version,
+            category=category,
+            output=output,
+            side_effects=side_effects,
+            description=description,
+        )
+        return fn
+
+    return decorate
+
+
+def node_type_of(obj: Any) -> NodeType:
+    """The :class:`NodeType` behind a decorated function (or a NodeType itself)."""
+    if isinstance(obj, NodeType):
+        return obj
+    nt = getattr(obj, "__reelgraph_node__", None)
+    if not isinstance(nt, NodeType):
+        raise NodeDefinitionError(f"{obj!r} is not a node type; decorate it with @reelgraph.node(...)")
+    return nt
