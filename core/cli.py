@@ -1,0 +1,239 @@
+"""The ``reelgraph`` command: run, validate, graph, nodes, schema, plugins.
+
+Exit codes: 0 success; 1 invalid workflow (every problem printed); 2 bad command line;
+3 a node failed; 130 interrupted. A traceback is shown only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .api import DEFAULT_OUT_DIR, Engine, read_workflow
+from .errors import NodeFailed, Problem, RunInterrupted, WorkflowInvalid
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _add_plugin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
+                   help="load a plugin from a .py file or module (repeatable; also $REELGRAPH_PLUGINS)")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for unexpected errors")
+
+
+def _add_param_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="sets",
+                   help="set a workflow parameter (repeatable); json params take JSON text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``reelgraph`` command."""
+    parser = argparse.ArgumentParser(prog="reelgraph", description="Run and inspect reelgraph workflows.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="validate and run a workflow")
+    p.add_argument("workflow", help="workflow JSON file")
+    _add_param_args(p)
+    p.add_argument("--output", action="append", default=None, metavar="NODE[.OUTPUT]",
+                   help="run only what this output needs (repeatable; default: all terminal nodes)")
+    p.add_argument("--out", default=str(DEFAULT_OUT_DIR), metavar="DIR",
+                   help="folder for relative output paths (default: ./outputs)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR", help="persist results across runs in DIR")
+    p.add_argument("--events", choices=["jsonl"], default=None, help="stream events as JSON lines")
+    p.add_argument("--events-file", default=None, metavar="FILE", help="write events there instead of stdout")
+    p.add_argument("--record", default=None, metavar="FILE", help="write the run record (JSON) to FILE")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("validate", help="check a workflow without running it")
+    p.add_argument("workflow")
+    _add_param_args(p)
+    p.add_argument("--json", action="store_true", help="print problems as a JSON list")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("graph", help="print a workflow as a Mermaid or dot diagram")
+    p.add_argument("workflow")
+    p.add_argument("--format", choices=["mermaid", "dot"], default="mermaid")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("nodes", help="list node types")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="print the node reference (docs/nodes.md)")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of workflows (with every node type)")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("plugins", help="list plugins, their node types and load errors")
+    p.add_argument("--json", action="store_true")
+    _add_plugin_args(p)
+    return parser
+
+
+def parse_sets(sets: Sequence[str], workflow: Any) -> dict[str, Any]:
+    """Turn ``NAME=VALUE`` strings into parameter values (JSON-typed parameters parse their text)."""
+    wf, _, _ = read_workflow(workflow)
+    values: dict[str, Any] = {}
+    for item in sets:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"reelgraph: --set wants NAME=VALUE, got {item!r}")
+        value: Any = text
+        spec = wf.params.get(name) if wf is not None else None
+        if spec is not None and spec.type == "json":
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                value = text
+        values[name] = value
+    return values
+
+
+def _print_problems(problems: list[Problem], as_json: bool, stream: TextIO) -> None:
+    if as_json:
+        stream.write(json.dumps([p.to_dict() for p in problems], indent=2) + "\n")
+        return
+    stream.write(f"workflow is invalid: {len(problems)} problem(s)\n")
+    for p in problems:
+        stream.write(f"  - {p}\n")
+
+
+def _cmd_validate(args: argparse.Namespace, engine: Engine) -> int:
+    problems = engine.validate(args.workflow, parse_sets(args.sets, args.workflow))
+    if problems:
+        _print_problems(problems, args.json, sys.stdout)
+        return EXIT_INVALID
+    print("[]" if args.json else f"{args.workflow}: valid")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace, engine: Engine) -> int:
+    from .events import JsonLinesSink, TerminalProgress
+
+    sinks: list[Any] = []
+    events_stream = None
+    if args.events_file:
+        events_stream = open(args.events_file, "w", encoding="utf-8")  # noqa: SIM115
+        sinks.append(JsonLinesSink(events_stream))
+    elif args.events == "jsonl":
+        sinks.append(JsonLinesSink(sys.stdout))
+    if not args.quiet:
+        sinks.append(TerminalProgress(sys.stderr))
+    report = sys.stderr if args.events == "jsonl" and not args.events_file else sys.stdout
+    result = None
+    try:
+        result = engine.run(args.workflow, parse_sets(args.sets, args.workflow), args.output,
+                            out_dir=args.out, events=sinks)
+        for name, value in result.outputs.items():
+            report.write(f"{name} = {_short(value)}\n")
+        return EXIT_OK
+    except WorkflowInvalid as exc:
+        _print_problems(exc.problems, False, sys.stderr)
+        return EXIT_INVALID
+    except NodeFailed as exc:
+        result = exc.result  # type: ignore[assignment]
+        sys.stderr.write(f"error: {exc.code}: node {exc.node!r} ({exc.node_type}): {exc.message}\n")
+        if args.debug and exc.__cause__ is not None:
+            import traceback
+
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
+        return EXIT_FAILED
+    except RunInterrupted as exc:
+        result = exc.result  # type: ignore[assignment]
+        sys.stderr.write(f"interrupted{f' during node {exc.node!r}' if exc.node else ''}; "
+                         "finished results are kept in the cache\n")
+        return EXIT_INTERRUPTED
+    finally:
+        if events_stream is not None:
+            events_stream.close()
+        if args.record and result is not None:
+            Path(args.record).write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _cmd_graph(args: argparse.Namespace, engine: Engine) -> int:
+    from .diagram import render
+
+    wf, problems, _ = read_workflow(args.workflow)
+    if wf is None:
+        _print_problems(problems, False, sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write(render(wf, args.format))
+    return EXIT_OK
+
+
+def _cmd_nodes(args: argparse.Namespace, engine: Engine) -> int:
+    from .docs import node_reference_markdown, node_type_summary
+
+    types = list(engine.registry)
+    if args.markdown:
+        sys.stdout.write(node_reference_markdown(types))
+    elif args.json:
+        sys.stdout.write(json.dumps([node_type_summary(nt) for nt in types], indent=2) + "\n")
+    else:
+        for nt in types:
+            ins = ", ".join(n + ("" if p.required else "?") for n, p in nt.inputs.items())
+            outs = ", ".join(nt.outputs)
+            print(f"{nt.name:<24} [{nt.category}] ({ins}) -> ({outs})")
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace, engine: Engine) -> int:
+    from .schema import workflow_schema
+
+    sys.stdout.write(json.dumps(workflow_schema(engine.registry), indent=2) + "\n")
+    return EXIT_OK
+
+
+def _cmd_plugins(args: argparse.Namespace, engine: Engine) -> int:
+    conflicts = engine.registry.conflicts
+    if args.json:
+        data = {"plugins": [p.__dict__ for p in engine.plugins], "conflicts": conflicts}
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        for p in engine.plugins:
+            status = f"ERROR {p.error}" if p.error else f"{len(p.node_types)} node type(s)"
+            print(f"{p.name}  ({p.source})  {status}")
+            if p.node_types:
+                print("    " + ", ".join(p.node_types))
+        for name, owners in conflicts.items():
+            print(f"conflict: node type {name!r} registered by {' and '.join(owners)}; neither is usable")
+    return EXIT_OK if not any(p.error for p in engine.plugins) and not conflicts else EXIT_INVALID
+
+
+COMMANDS = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "graph": _cmd_graph,
+    "nodes": _cmd_nodes,
+    "schema": _cmd_schema,
+    "plugins": _cmd_plugins,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``reelgraph`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        engine = Engine(args.plugin, cache_dir=getattr(args, "cache_dir", None))
+        return COMMANDS[args.command](args, engine)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n(run with --debug for a traceback)\n")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
