@@ -29,7 +29,7 @@ def read_workflow(workflow: WorkflowLike) -> tuple[Workflow | None, list[Problem
     """
     if isinstance(workflow, Workflow):
         return workflow, [], Path.cwd()
-    if isinstance(workflow, dict):
+    if not isinstance(workflow, str | Path):
         wf, problems = parse_document(workflow)
         return wf, problems, Path.cwd()
     path = Path(workflow)

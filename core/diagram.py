@@ -46,7 +46,9 @@ def to_mermaid(wf: Workflow) -> str:
 
 def to_dot(wf: Workflow) -> str:
     """A Graphviz ``digraph`` of the workflow."""
-    q = json.dumps
+    def q(text: str) -> str:
+        return json.dumps(text, ensure_ascii=False)
+
     lines = [f"digraph {q(wf.name or 'workflow')} {{", "    rankdir=LR;", "    node [shape=box];"]
     for node_id, spec in wf.nodes.items():
         literals = [k for k, raw in spec.inputs.items() if isinstance(classify_input(raw), Constant)]

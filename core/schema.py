@@ -7,13 +7,14 @@ matching the input's own schema.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
 from .node import NodeType
 from .registry import NodeRegistry
 from .types import type_name
-from .workflow import PARAM_TYPES, FORMAT_VERSION
+from .workflow import FORMAT_VERSION, PARAM_TYPES
 
 SCHEMA_ID = "https://reelgraph.dev/schema/workflow-v1.json"
 
@@ -51,10 +52,8 @@ def node_type_schema(nt: NodeType, defs: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"anyOf": options, "description": (port.description or "") +
                                  f" [{type_name(port.annotation)}]"}
         if not port.required:
-            try:
+            with contextlib.suppress(Exception):
                 entry["default"] = port.adapter.dump_python(port.default, mode="json") if port.adapter else None
-            except Exception:
-                pass
         props[name] = entry
     required = [n for n, p in nt.inputs.items() if p.required]
     inputs: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}

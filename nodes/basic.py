@@ -51,10 +51,10 @@ def seed(base: Annotated[int, Field(ge=0, lt=2**63)], offset: Annotated[int, Fie
 
 
 @node("int_range", category="basic", output="values")
-def int_range(
-    start: int = 0, stop: int = 1, step: Annotated[int, Field(ne=0)] = 1
-) -> list[int]:
+def int_range(start: int = 0, stop: int = 1, step: int = 1) -> list[int]:
     """The integers ``range(start, stop, step)`` as a list, e.g. seeds for a batch (at most 100,000)."""
+    if step == 0:
+        raise ValueError("step must not be 0")
     count = len(range(start, stop, step))
     if count > 100_000:
         raise ValueError(f"range({start}, {stop}, {step}) has {count} values; the limit is 100,000")
