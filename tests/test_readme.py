@@ -1,0 +1,90 @@
+"""The README's commands and examples run as written, so they cannot rot."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+FENCE = re.compile(r"^```(?P<info>[^\n]*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
+BLOCKS = [(m["info"].split(), m["body"]) for m in FENCE.finditer(README)]
+
+
+def files() -> dict[str, str]:
+    """Blocks declared as files (```lang file=NAME)."""
+    out = {}
+    for info, body in BLOCKS:
+        for word in info[1:]:
+            if word.startswith("file="):
+                out[word[5:]] = body
+    return out
+
+
+def sessions() -> list[tuple[str, str]]:
+    """(command, expected stdout) pairs from the ```console blocks."""
+    pairs: list[tuple[str, str]] = []
+    for info, body in BLOCKS:
+        if info[:1] != ["console"]:
+            continue
+        for chunk in re.split(r"^\$ ", body, flags=re.MULTILINE)[1:]:
+            command, _, output = chunk.partition("\n")
+            pairs.append((command, output))
+    return pairs
+
+
+def test_first_lines_are_the_two_commands() -> None:
+    info, body = BLOCKS[0]
+    assert info == ["bash"]
+    main, tests = body.strip().splitlines()
+    assert main.endswith("reelgraph run workflows/hello.json") and "pip install torch==2.13.0" in main
+    assert tests.endswith("python -m pytest -q")
+    assert "python -m pytest -q\n" in (ROOT / ".ci" / "run").read_text(), "CI must run the README's test command"
+
+
+def test_file_blocks_match_the_repository_or_parse() -> None:
+    for name, body in files().items():
+        if (ROOT / name).exists():
+            assert json.loads((ROOT / name).read_text()) == json.loads(body), f"README copy of {name} is stale"
+        elif name.endswith(".json"):
+            json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("readme")
+    shutil.copytree(ROOT / "workflows", folder / "workflows")
+    for name, body in files().items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(body)
+    return folder
+
+
+@pytest.mark.parametrize(("command", "expected"), sessions(), ids=[c for c, _ in sessions()])
+def test_console_sessions(sandbox: Path, command: str, expected: str) -> None:
+    argv = command.split()
+    assert argv[0] == "reelgraph"
+    proc = subprocess.run([sys.executable, "-m", "reelgraph", *argv[1:]], cwd=sandbox, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout == expected, proc.stderr
+
+
+def test_mermaid_block_is_the_graph_output(sandbox: Path) -> None:
+    mermaid = next(body for info, body in BLOCKS if info[:1] == ["mermaid"])
+    proc = subprocess.run([sys.executable, "-m", "reelgraph", "graph", "workflows/hello.json"], cwd=sandbox,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout == mermaid
+
+
+def test_python_example(sandbox: Path) -> None:
+    code = next(body for info, body in BLOCKS if info == ["python"])
+    proc = subprocess.run([sys.executable, "-c", code], cwd=sandbox, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "a red circle moving left (take 2) ['seed', 'caption'] []"
