@@ -14,6 +14,7 @@ holding anything else (model handles, say) stay in memory only.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -176,6 +177,8 @@ class DiskCache:
             if entry is None:
                 return False
             manifest[name] = entry
+        if tensors and importlib.util.find_spec("safetensors") is None:
+            return False  # tensors persist only through safetensors; keep them in memory
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
         try:

@@ -194,6 +194,7 @@ def test_disk_cache_roundtrip_json_and_paths(tmp_path: Path) -> None:
 
 def test_disk_cache_tensors_via_safetensors(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
     disk = DiskCache(tmp_path)
     t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     assert disk.put("ab" * 32, {"t": t})
