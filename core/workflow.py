@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import Problem
 
@@ -73,6 +73,13 @@ class Workflow(BaseModel):
     description: str = ""
     params: dict[str, ParamSpec] = Field(default_factory=dict)
     nodes: dict[str, NodeSpec]
+
+    @field_validator("reelgraph", mode="before")
+    @classmethod
+    def _version_is_an_int(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"format version must be the integer {FORMAT_VERSION}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,7 @@ def parse_document(doc: Any) -> tuple[Workflow | None, list[Problem]]:
         for err in exc.errors():
             loc = err["loc"]
             if len(loc) >= 2 and loc[0] == "params":
-                problems.append(Problem("bad_format", _describe(err), input=str(loc[1])))
+                problems.append(Problem("bad_format", _describe({**err, "loc": loc[2:]}), input=str(loc[1])))
             else:
                 problems.append(Problem("bad_format", _describe(err)))
         wf = None
