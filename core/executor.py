@@ -82,6 +82,10 @@ def _describe(value: Any) -> Any:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _no_progress(i: int, n: int, extra: dict[str, Any]) -> None:
+    return None
+
+
 def _paths_exist(outputs: dict[str, Any]) -> bool:
     return all(Path(v).exists() for v in outputs.values() if isinstance(v, os.PathLike))
 
@@ -128,17 +132,27 @@ class Executor:
                 sink(ev)
 
         started = time.perf_counter()
-        emit(Event("run_started", result.run_id, extra={"nodes": len(order), "workflow": plan.workflow.name}))
-        values: dict[str, dict[str, Any]] = {}
-        keys: dict[str, str] = {}
         temp_root = Path(tempfile.mkdtemp(prefix="reelgraph-run-"))
+        contexts = {n: RunContext(n, plan.nodes[n].type.name, out_dir, base_dir,
+                                  self.disk.root if self.disk else None, temp_root, _no_progress,
+                                  self.interrupt_flag) for n in order}
+        values: dict[str, dict[str, Any]] = {}
         try:
             with _sigint_requests(self.interrupt_flag):
-                for node_id in order:
+                keys = self._keys(plan, order, contexts, result, emit)
+                hits, to_run = self._triage(plan, order, keys)
+                visit = [n for n in order if n in hits or n in to_run]
+                emit(Event("run_started", result.run_id, extra={"nodes": len(visit), "workflow": plan.workflow.name}))
+                for node_id in visit:
                     if self.interrupt_flag.is_set():
                         raise RunInterrupted(node_id)
                     pn = plan.nodes[node_id]
-                    values[node_id] = self._run_node(pn, values, keys, result, (out_dir, base_dir), temp_root, emit)
+                    if node_id in hits:
+                        values[node_id] = hits[node_id]
+                        result.records[node_id] = NodeRecord(node_id, pn.type.name, "cached", 0.0, keys[node_id])
+                        emit(Event("node_cached", result.run_id, node=node_id, node_type=pn.type.name))
+                    else:
+                        values[node_id] = self._run_node(pn, values, keys[node_id], contexts[node_id], result, emit)
         except (NodeFailed, RunInterrupted) as exc:
             result.status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
             result.seconds = time.perf_counter() - started
@@ -158,22 +172,61 @@ class Executor:
                    extra={"status": "finished", "ran": len(result.ran), "cached": len(result.cached)}))
         return result
 
-    def _run_node(self, pn: PlannedNode, values: dict[str, dict[str, Any]], keys: dict[str, str],
-                  result: RunResult, dirs: tuple[Path, Path], temp_root: Path, emit: Any) -> dict[str, Any]:
-        nt = pn.type
-        out_dir, base_dir = dirs
-        upstream = {name: (keys[link.node], link.output) for name, link in pn.links.items()}
-        salt = f"{pn.id}@{out_dir}" if nt.side_effects else None
-        key = node_key(nt.name, nt.version, pn.values, upstream, salt=salt)
-        keys[pn.id] = key
-        t0 = time.perf_counter()
-        cached = self._lookup(key, pn)
-        if cached is not None:
-            result.records[pn.id] = NodeRecord(pn.id, nt.name, "cached", time.perf_counter() - t0, key)
-            emit(Event("node_cached", result.run_id, node=pn.id, node_type=nt.name))
-            return cached
-        kwargs = {name: port.default for name, port in nt.inputs.items() if not port.required}
+    def _keys(self, plan: Plan, order: list[str], contexts: dict[str, RunContext], result: RunResult,
+              emit: Sink) -> dict[str, str]:
+        """Every node's cache key, computed before anything runs (keys never depend on values)."""
+        keys: dict[str, str] = {}
+        for node_id in order:
+            pn = plan.nodes[node_id]
+            nt = pn.type
+            upstream = {name: (keys[link.node], link.output) for name, link in pn.links.items()}
+            salt: Any = f"{pn.id}@{contexts[node_id].out_dir}" if nt.side_effects else None
+            if nt.fingerprint is not None:
+                try:
+                    salt = [salt, nt.fingerprint(self._literal_kwargs(pn), contexts[node_id])]
+                except Exception as exc:
+                    raise self._failed(pn, exc, 0.0, result, emit) from exc
+            keys[node_id] = node_key(nt.name, nt.version, pn.values, upstream, salt=salt)
+        return keys
+
+    def _triage(self, plan: Plan, order: list[str], keys: dict[str, str]
+                ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """Split the needed nodes into cache hits and nodes to run, walking back from the targets.
+
+        A cached node's inputs are not needed, so whole upstream branches (model loading, say) are
+        skipped when everything that consumes them is cached.
+        """
+        needed = {n for n, _ in plan.targets}
+        hits: dict[str, dict[str, Any]] = {}
+        to_run: set[str] = set()
+        for node_id in reversed(order):
+            if node_id not in needed:
+                continue
+            pn = plan.nodes[node_id]
+            hit = self._lookup(keys[node_id], pn)
+            if hit is not None:
+                hits[node_id] = hit
+            else:
+                to_run.add(node_id)
+                needed.update(link.node for link in pn.links.values())
+        return hits, to_run
+
+    @staticmethod
+    def _literal_kwargs(pn: PlannedNode) -> dict[str, Any]:
+        kwargs = {name: port.default for name, port in pn.type.inputs.items() if not port.required}
         kwargs.update(pn.values)
+        return kwargs
+
+    def _failed(self, pn: PlannedNode, exc: Exception, seconds: float, result: RunResult, emit: Sink) -> NodeFailed:
+        message = str(exc) if isinstance(exc, ReelgraphError) else f"{type(exc).__name__}: {exc}"
+        emit(Event("node_failed", result.run_id, node=pn.id, node_type=pn.type.name, seconds=seconds,
+                   message=message))
+        return NodeFailed(pn.id, pn.type.name, message)
+
+    def _run_node(self, pn: PlannedNode, values: dict[str, dict[str, Any]], key: str, ctx: RunContext,
+                  result: RunResult, emit: Sink) -> dict[str, Any]:
+        nt = pn.type
+        kwargs = self._literal_kwargs(pn)
         for name, link in pn.links.items():
             kwargs[name] = values[link.node][link.output]
         emit(Event("node_started", result.run_id, node=pn.id, node_type=nt.name))
@@ -181,8 +234,7 @@ class Executor:
         def on_progress(i: int, n: int, extra: dict[str, Any]) -> None:
             emit(Event("node_progress", result.run_id, node=pn.id, node_type=nt.name, i=i, n=n, extra=extra))
 
-        ctx = RunContext(pn.id, nt.name, out_dir, base_dir, self.disk.root if self.disk else None,
-                         temp_root, on_progress, self.interrupt_flag)
+        ctx._emit_progress = on_progress
         t0 = time.perf_counter()
         try:
             outputs = nt.call(kwargs, ctx)
@@ -191,10 +243,7 @@ class Executor:
         except KeyboardInterrupt as exc:
             raise RunInterrupted(pn.id) from exc
         except Exception as exc:
-            message = str(exc) if isinstance(exc, ReelgraphError) else f"{type(exc).__name__}: {exc}"
-            emit(Event("node_failed", result.run_id, node=pn.id, node_type=nt.name,
-                       seconds=time.perf_counter() - t0, message=message))
-            raise NodeFailed(pn.id, nt.name, message) from exc
+            raise self._failed(pn, exc, time.perf_counter() - t0, result, emit) from exc
         seconds = time.perf_counter() - t0
         self.memory.put(key, outputs)
         if self.disk is not None:

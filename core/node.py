@@ -100,6 +100,7 @@ class NodeType:
     outputs: dict[str, OutputPort]
     context_param: str | None = None
     side_effects: bool = False
+    fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None
     multi_output: bool = False
     plugin: str | None = field(default=None, compare=False)
 
@@ -159,6 +160,7 @@ def build_node_type(
     category: str = "misc",
     output: str = DEFAULT_OUTPUT,
     side_effects: bool = False,
+    fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None,
     description: str | None = None,
 ) -> NodeType:
     """Build a :class:`NodeType` from a function, checking the whole declaration (see :func:`node`)."""
@@ -223,6 +225,7 @@ def build_node_type(
         outputs=outputs,
         context_param=context_param,
         side_effects=side_effects,
+        fingerprint=fingerprint,
         multi_output=multi,
     )
 
@@ -234,6 +237,7 @@ def node(
     category: str = "misc",
     output: str = DEFAULT_OUTPUT,
     side_effects: bool = False,
+    fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None,
     description: str | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a function as a node type named ``name`` (``"namespace.name"`` or a bare name).
@@ -245,6 +249,8 @@ def node(
         output: the name of the single output when the return type is not a NamedTuple.
         side_effects: the node writes files or otherwise acts on the world; its cached result is
             reused only while every path it returned still exists, and never shared between nodes.
+        fingerprint: ``fn(literal_inputs, ctx) -> JSON-able`` mixed into the cache key, for nodes whose
+            result depends on more than their inputs (the size and mtime of a file they read, say).
         description: overrides the docstring as the node's documentation.
 
     The function is returned unchanged except for a ``__reelgraph_node__`` attribute holding its
@@ -259,6 +265,7 @@ def node(
             category=category,
             output=output,
             side_effects=side_effects,
+            fingerprint=fingerprint,
             description=description,
         )
         return fn

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from reelgraph import Engine, Event, NodeFailed, RunInterrupted
+from reelgraph import Engine, Event, NodeFailed, RunContext, RunInterrupted, hookimpl, node
 from reelgraph.cache import DiskCache, MemoryCache, node_key
 
 from conftest import TEST_PLUGIN, link, wf
@@ -51,11 +51,12 @@ def test_partial_reexecution_in_process(engine: Engine, calls: list[str]) -> Non
     assert first.ran == ["n1", "n2", "n3", "n4", "n5"]
     assert first.outputs == {"n5.result": 15}
     second = engine.run(chain(40))
-    assert second.cached == ["n1", "n2", "n3"]
     assert second.ran == ["n4", "n5"]
+    assert second.cached == ["n3"]  # n1 and n2 are not even needed: n3's result is cached
+    assert list(second.records) == ["n3", "n4", "n5"]
     assert second.outputs == {"n5.result": 51}
     third = engine.run(chain(40))
-    assert third.ran == [] and third.outputs == {"n5.result": 51}
+    assert third.ran == [] and third.cached == ["n5"] and third.outputs == {"n5.result": 51}
     assert len(calls) == 7
 
 
@@ -82,7 +83,7 @@ def test_partial_reexecution_across_processes(tmp_path: Path) -> None:
         record = json.loads((tmp_path / f"{name}.record").read_text())
         statuses.append({n["node"]: n["status"] for n in record["nodes"]})
     assert statuses[0] == dict.fromkeys(["n1", "n2", "n3", "n4", "n5"], "ran")
-    assert statuses[1] == {"n1": "cached", "n2": "cached", "n3": "cached", "n4": "ran", "n5": "ran"}
+    assert statuses[1] == {"n3": "cached", "n4": "ran", "n5": "ran"}
     assert "n5.result = 51" in proc.stdout
 
 
@@ -163,6 +164,50 @@ def test_side_effect_nodes_never_share_results(engine: Engine, tmp_path: Path) -
     doc = wf({"w1": {"type": "t.write", "inputs": {"text": "hi", "path": "x.txt"}},
               "w2": {"type": "t.write", "inputs": {"text": "hi", "path": "x.txt"}}})
     assert engine.run(doc, out_dir=tmp_path).ran == ["w1", "w2"]
+
+
+def test_upstream_of_cached_nodes_is_skipped(engine: Engine, calls: list[str]) -> None:
+    doc = wf({"a": {"type": "t.add", "inputs": {"a": 1}},
+              "p": {"type": "t.pair", "inputs": {"total": link("a.result")}},
+              "s": {"type": "t.scale", "inputs": {"x": link("a.result"), "factor": 3}}})
+    engine.run(doc)
+    calls.clear()
+    doc["nodes"]["s"]["inputs"]["factor"] = 4
+    result = engine.run(doc)
+    assert result.ran == ["s"] and result.cached == ["a", "p"]
+    assert calls == ["t.scale"]
+
+
+def test_fingerprint_invalidates_when_a_read_file_changes(make_engine: Any, tmp_path: Path) -> None:
+    reads: list[str] = []
+
+    def file_state(values: dict[str, Any], ctx: RunContext) -> Any:
+        stat = ctx.resolve_input(values["path"]).stat()
+        return [stat.st_size, stat.st_mtime_ns]
+
+    @node("t.read", fingerprint=file_state)
+    def read(path: str, ctx: RunContext) -> str:
+        reads.append(path)
+        return ctx.resolve_input(path).read_text()
+
+    class Plugin:
+        @hookimpl
+        def reelgraph_register_nodes(self, registry: Any) -> None:
+            registry.add(read)
+
+    engine = make_engine(Plugin())
+    (tmp_path / "in.txt").write_text("one")
+    doc = tmp_path / "wf.json"
+    doc.write_text(json.dumps(wf({"r": {"type": "t.read", "inputs": {"path": "in.txt"}}})))
+    assert engine.run(doc).outputs == {"r.result": "one"}
+    assert engine.run(doc).cached == ["r"]
+    (tmp_path / "in.txt").write_text("three")
+    assert engine.run(doc).outputs == {"r.result": "three"}
+    assert reads == ["in.txt", "in.txt"]
+    (tmp_path / "in.txt").unlink()
+    with pytest.raises(NodeFailed) as info:
+        engine.run(doc)
+    assert info.value.node == "r" and info.value.message.startswith("FileNotFoundError")
 
 
 def test_params_override_and_rerun(engine: Engine) -> None:
