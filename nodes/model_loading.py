@@ -1,0 +1,245 @@
+"""Load a text-to-video model (UNet3D + VAE + CLIP text encoder + scheduler) into value handles.
+
+Sources are either a diffusers folder in the ModelScope ``TextToVideoSDPipeline`` layout (a
+``model_index.json`` next to ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/``) or
+``builtin:tiny`` (see ``tiny_models``). Weights are read from safetensors only: pickle checkpoints
+(``.bin``/``.pt``/``.ckpt``) can run code when unpickled, so a folder that only has those is refused with a
+message saying how to convert it. Single-file checkpoints are refused too: diffusers' ``from_single_file``
+has no conversion for ``UNet3DConditionModel`` or the text-to-video pipelines.
+
+Loaded models are cached per process, keyed by the source id, the resolved folder, the device, the dtype and
+the size and mtime of every file in the folder, so the same source is loaded once and an edited folder is
+reloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .values import VAE, Scheduler, TextEncoder, UNet3D
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ModelLoadError", "clear_model_cache", "load_model", "resolve_device", "resolve_dtype"]
+
+_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_SINGLE_FILE_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
+_DTYPES = ("float32", "float16", "bfloat16")
+
+Handles = tuple[UNet3D, VAE, TextEncoder, Scheduler]
+
+_cache: dict[tuple[Any, ...], Handles] = {}
+_cache_lock = threading.Lock()
+
+
+class ModelLoadError(ValueError):
+    """A model source is missing, malformed, unsafe (pickle-only weights) or of an unsupported kind."""
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Turn ``"auto"`` into ``"cuda"`` when a GPU is visible, else ``"mps"`` when available, else ``"cpu"``;
+    other strings are passed through for torch to validate."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str | torch.dtype = "float32") -> torch.dtype:
+    """Map ``"float32"``, ``"float16"`` or ``"bfloat16"`` (or a ``torch.dtype``) to a ``torch.dtype``."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def clear_model_cache() -> None:
+    """Forget every cached model, so the next ``load_model`` reads from disk again (tests, memory)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _resolve_folder(source: str) -> Path:
+    """Map a source id to a model folder, refusing single files and unknown builtins."""
+    if source.startswith("builtin:"):
+        from .tiny_models import TINY_SOURCE, ensure_tiny_model
+
+        if source != TINY_SOURCE:
+            raise ModelLoadError(f"unknown builtin model {source!r}; the only builtin is {TINY_SOURCE!r}")
+        return ensure_tiny_model().resolve()
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix.lower() in _SINGLE_FILE_SUFFIXES:
+            raise ModelLoadError(
+                f"{source!r} is a single-file checkpoint. Single-file loading is not supported for text-to-video "
+                "models: diffusers' from_single_file has no conversion for UNet3DConditionModel or "
+                "TextToVideoSDPipeline. Use a diffusers folder (model_index.json with unet/, vae/, "
+                "text_encoder/, tokenizer/, scheduler/) instead."
+            )
+        raise ModelLoadError(f"{source!r} is a file, not a diffusers model folder")
+    if not path.is_dir():
+        raise ModelLoadError(f"model folder {source!r} does not exist")
+    return path.resolve()
+
+
+def _read_index(folder: Path) -> dict[str, Any]:
+    """Read and validate ``model_index.json``: every component present and the UNet a ``UNet3D``."""
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise ModelLoadError(f"{folder} is not a diffusers model folder: model_index.json is missing")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{index_path} is not valid JSON: {exc}") from exc
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{index_path} must hold a JSON object")
+    missing = [c for c in _COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2]
+    if missing:
+        raise ModelLoadError(f"{index_path} lacks the component(s) {missing}; a text-to-video model needs all of "
+                             f"{list(_COMPONENTS)}")
+    unet_class = index["unet"][1]
+    if unet_class != "UNet3DConditionModel":
+        raise ModelLoadError(f"{folder} has a {unet_class} UNet; only UNet3DConditionModel (text-to-video) models "
+                             "are supported")
+    for component in _COMPONENTS:
+        if not (folder / component).is_dir():
+            raise ModelLoadError(f"{folder} lacks the {component}/ folder named in model_index.json")
+    return index
+
+
+def _check_weights(folder: Path) -> None:
+    """Refuse components whose weights exist only in pickle formats, or not at all."""
+    for component in _WEIGHT_COMPONENTS:
+        sub = folder / component
+        files = [p for p in sub.iterdir() if p.is_file()]
+        if any(p.name.endswith(".safetensors") for p in files):
+            continue
+        pickles = sorted(p.name for p in files if p.suffix.lower() in _PICKLE_SUFFIXES)
+        if pickles:
+            raise ModelLoadError(
+                f"{sub} has only pickle weights ({', '.join(pickles)}). reelgraph loads safetensors only, because "
+                "unpickling a checkpoint can run arbitrary code. Convert it once, e.g. "
+                "safetensors.torch.save_file(torch.load(path, weights_only=True), "
+                "'diffusion_pytorch_model.safetensors') (model.safetensors for the text encoder)."
+            )
+        raise ModelLoadError(f"{sub} has no weight file (*.safetensors)")
+
+
+def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """Size and mtime of every file under the folder: a cheap change detector for the cache key."""
+    entries = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+    return tuple(entries)
+
+
+def _load_component(component: str, folder: Path, loader: Any) -> Any:
+    """Run one component loader, turning any failure into a ``ModelLoadError`` naming the component."""
+    try:
+        return loader()
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"could not load the {component} of {folder}: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_folder(folder: Path, source: str, index: dict[str, Any], device: str, dtype: torch.dtype) -> Handles:
+    """Load all five components of a validated folder onto ``device`` in ``dtype``."""
+    import diffusers
+    import transformers
+
+    def load_unet() -> Any:
+        return diffusers.UNet3DConditionModel.from_pretrained(
+            folder, subfolder="unet", use_safetensors=True, torch_dtype=dtype
+        )
+
+    def load_vae() -> Any:
+        cls = getattr(diffusers, index["vae"][1], None) or diffusers.AutoencoderKL
+        return cls.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
+
+    def load_text_encoder() -> Any:
+        cls = getattr(transformers, index["text_encoder"][1], None) or transformers.CLIPTextModel
+        return cls.from_pretrained(folder / "text_encoder", use_safetensors=True, dtype=dtype)
+
+    def load_tokenizer() -> Any:
+        name = index["tokenizer"][1]
+        cls = transformers.CLIPTokenizer if name.startswith("CLIPTokenizer") else transformers.AutoTokenizer
+        return cls.from_pretrained(folder / "tokenizer")
+
+    def load_scheduler() -> Scheduler:
+        path = folder / "scheduler" / "scheduler_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        class_name = index["scheduler"][1] or config.get("_class_name")
+        handle = Scheduler(class_name=class_name, config=config, source=source)
+        handle.create()  # fail now, not at sampling time, if the class or the config is bad
+        return handle
+
+    unet = _load_component("unet", folder, load_unet)
+    vae = _load_component("vae", folder, load_vae)
+    text_encoder = _load_component("text_encoder", folder, load_text_encoder)
+    tokenizer = _load_component("tokenizer", folder, load_tokenizer)
+    scheduler = _load_component("scheduler", folder, load_scheduler)
+
+    # A tokenizer folder with only vocab.json + merges.txt and no model_max_length loads with a huge
+    # sentinel length; the text encoder's position table is the real limit.
+    max_positions = int(getattr(text_encoder.config, "max_position_embeddings", 77))
+    if not tokenizer.model_max_length or tokenizer.model_max_length > max_positions:
+        tokenizer.model_max_length = max_positions
+
+    modules = [unet, vae, text_encoder]
+    for module in modules:
+        module.to(device)
+        module.eval()
+        module.requires_grad_(False)
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return (
+        UNet3D(module=unet, source=source, vae_scale_factor=vae_factor),
+        VAE(module=vae, source=source),
+        TextEncoder(tokenizer=tokenizer, module=text_encoder, source=source),
+        scheduler,
+    )
+
+
+def load_model(source: str, device: str = "auto", dtype: str = "float32") -> Handles:
+    """Load ``source`` (a diffusers text-to-video folder or ``builtin:tiny``) as
+    ``(UNet3D, VAE, TextEncoder, Scheduler)`` handles on ``device`` in ``dtype``.
+
+    The result is cached per process: loading the same unchanged source with the same device and dtype
+    returns the very same handles (treat their modules as read-only). Raises ``ModelLoadError`` for a
+    missing or malformed folder, pickle-only weights, single-file checkpoints and unknown builtins.
+    """
+    if not isinstance(source, str) or not source:
+        raise ModelLoadError(f"model source must be a non-empty string, got {source!r}")
+    folder = _resolve_folder(source)
+    index = _read_index(folder)
+    _check_weights(folder)
+    resolved_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    key = (source, str(folder), resolved_device, str(torch_dtype), _fingerprint(folder))
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            return cached
+        handles = _load_folder(folder, source, index, resolved_device, torch_dtype)
+        # Drop stale entries for the same source/folder/device/dtype (the files changed).
+        for old in [k for k in _cache if k[:4] == key[:4]]:
+            del _cache[old]
+        _cache[key] = handles
+        return handles

@@ -1,0 +1,392 @@
+"""Sampling building blocks on ``UNet3DConditionModel``: prompt encoding, denoising, DDIM inversion and
+chunked VAE encode/decode.
+
+The loops here are reelgraph's own (the diffusers text-to-video pipelines are deprecated), but they follow
+the pipelines' arithmetic step for step, including how and in which order random numbers are drawn, so
+that for the same seed they give the same result as ``TextToVideoSDPipeline`` / ``VideoToVideoSDPipeline``
+with ``generator=torch.Generator("cpu").manual_seed(seed)``. The tests check that equality.
+
+Conventions:
+
+* Pixel frames are ``[F, C, H, W]`` in ``[0, 1]`` (``Video``); the VAE sees them in ``[-1, 1]``.
+* Latents are ``[B, C, F, h, w]`` and already multiplied by the VAE's ``scaling_factor``.
+* Random numbers always come from a CPU ``torch.Generator`` seeded with ``seed`` and are moved to the
+  model's device afterwards, so a seed gives the same noise on every device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .values import VAE, Conditioning, Latents, Scheduler, TextEncoder, UNet3D, Video
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["ProgressFn", "ddim_invert", "denoise", "encode_prompt", "vae_decode", "vae_encode"]
+
+logger = logging.getLogger(__name__)
+
+#: ``progress(done, total)``: called after each step with the number of steps done so far. It may raise
+#: (for example to cancel a run); the exception propagates out of the sampler unchanged.
+ProgressFn = Callable[[int, int], None]
+
+
+def _module_device_dtype(module: Any) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of a module's first parameter."""
+    param = next(module.parameters())
+    return param.device, param.dtype
+
+
+def encode_prompt(
+    text_encoder: TextEncoder,
+    prompt: str | list[str],
+    negative_prompt: str | list[str] | None = None,
+    guidance: float | bool = 9.0,
+) -> Conditioning:
+    """Encode ``prompt`` (and, for classifier-free guidance, ``negative_prompt``) into a ``Conditioning``.
+
+    This reproduces ``TextToVideoSDPipeline.encode_prompt``: prompts are padded to the tokenizer's
+    ``model_max_length`` and truncated, the embeddings are the text model's last hidden state, and the
+    negative embeddings (the empty prompt when ``negative_prompt`` is ``None``) are only computed when
+    guidance is on. ``guidance`` is the guidance scale the conditioning is meant for (on when > 1, as in
+    the pipeline) or a bool saying directly whether to compute the negative embeddings.
+    """
+    import torch
+
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("encode_prompt needs at least one prompt")
+    do_cfg = guidance if isinstance(guidance, bool) else float(guidance) > 1.0
+    tokenizer = text_encoder.tokenizer
+    model = text_encoder.module
+    device, dtype = _module_device_dtype(model)
+    max_length = int(tokenizer.model_max_length)
+    use_mask = bool(getattr(model.config, "use_attention_mask", False))
+
+    def embed(texts: list[str], length: int) -> torch.Tensor:
+        inputs = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        mask = inputs.attention_mask.to(device) if use_mask else None
+        return model(inputs.input_ids.to(device), attention_mask=mask)[0].to(dtype=dtype, device=device)
+
+    untruncated = tokenizer(prompts, padding="longest").input_ids
+    if max(len(ids) for ids in untruncated) > max_length:
+        logger.warning("prompt truncated to %d tokens (the text encoder's limit)", max_length)
+
+    with torch.no_grad():
+        prompt_embeds = embed(prompts, max_length)
+        negative_embeds = None
+        if do_cfg:
+            if negative_prompt is None:
+                negatives = [""] * len(prompts)
+            elif isinstance(negative_prompt, str):
+                negatives = [negative_prompt] * len(prompts)
+            else:
+                negatives = list(negative_prompt)
+                if len(negatives) != len(prompts):
+                    raise ValueError(
+                        f"got {len(negatives)} negative prompts for {len(prompts)} prompts; give one per prompt"
+                    )
+            negative_embeds = embed(negatives, prompt_embeds.shape[1])
+    return Conditioning(prompt_embeds=prompt_embeds, negative_embeds=negative_embeds)
+
+
+def _guidance_embeds(
+    conditioning: Conditioning, guidance_scale: float, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, bool]:
+    """The UNet's ``encoder_hidden_states``: ``[negative; positive]`` with guidance, else the positive."""
+    import torch
+
+    do_cfg = guidance_scale > 1.0
+    positive = conditioning.prompt_embeds.to(device=device, dtype=dtype)
+    if not do_cfg:
+        return positive, False
+    if conditioning.negative_embeds is None:
+        raise ValueError(
+            f"guidance_scale {guidance_scale} > 1 needs negative embeddings, but the conditioning has none; "
+            "encode the prompt with guidance > 1"
+        )
+    negative = conditioning.negative_embeds.to(device=device, dtype=dtype)
+    return torch.cat([negative, positive]), True
+
+
+def _predict(
+    module: Any, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, do_cfg: bool, guidance_scale: float,
+    scheduler: Any,
+) -> torch.Tensor:
+    """One UNet evaluation with optional classifier-free guidance, as the pipelines do it."""
+    import torch
+
+    model_input = torch.cat([x] * 2) if do_cfg else x
+    model_input = scheduler.scale_model_input(model_input, t)
+    pred = module(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    if do_cfg:
+        uncond, cond = pred.chunk(2)
+        pred = uncond + guidance_scale * (cond - uncond)
+    return pred
+
+
+def _to_frames_batch(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, F, h, w]`` -> ``[B*F, C, h, w]`` (frame-major), the layout the pipelines step and noise in."""
+    b, c, f, h, w = x.shape
+    return x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+
+
+def _from_frames_batch(x: torch.Tensor, b: int, f: int) -> torch.Tensor:
+    """Inverse of ``_to_frames_batch``."""
+    _, c, h, w = x.shape
+    return x[None, :].reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
+
+
+def _latent_shape(
+    unet: UNet3D,
+    batch: int,
+    frames: int | None,
+    height: int | None,
+    width: int | None,
+    given: torch.Tensor | None,
+) -> tuple[int, int, int, int, int]:
+    """The latent shape from pixel sizes, or from a given tensor (checking any sizes that were also given)."""
+    channels = int(unet.module.config.in_channels)
+    factor = int(unet.vae_scale_factor)
+    if given is not None:
+        if given.ndim != 5:
+            raise ValueError(f"latents/noise must be [B, C, F, h, w], got shape {tuple(given.shape)}")
+        b, c, f, h, w = (int(s) for s in given.shape)
+        expected = {"frames": f, "height": h * factor, "width": w * factor}
+        for name, value in (("frames", frames), ("height", height), ("width", width)):
+            if value is not None and value != expected[name]:
+                raise ValueError(f"{name}={value} does not match the given tensor of shape {tuple(given.shape)} "
+                                 f"({name} {expected[name]} at VAE factor {factor})")
+        if c != channels:
+            raise ValueError(f"the UNet takes {channels} latent channels, the given tensor has {c}")
+        if b != batch:
+            raise ValueError(f"the given tensor has batch {b} but the conditioning has batch {batch}")
+        return b, c, f, h, w
+    if frames is None or height is None or width is None:
+        raise ValueError("frames, height and width are required when neither latents nor noise is given")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if height % factor or width % factor or height <= 0 or width <= 0:
+        raise ValueError(f"height and width must be positive multiples of the VAE factor {factor}, "
+                         f"got {height}x{width}")
+    return batch, channels, frames, height // factor, width // factor
+
+
+def denoise(
+    unet: UNet3D,
+    scheduler: Scheduler,
+    conditioning: Conditioning,
+    frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    steps: int = 50,
+    guidance_scale: float = 9.0,
+    seed: int = 0,
+    eta: float = 0.0,
+    scheduler_type: str | None = None,
+    noise: torch.Tensor | None = None,
+    latents: Latents | torch.Tensor | None = None,
+    strength: float = 1.0,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Run the reverse diffusion on the UNet3D and return the final latents ``[B, C, F, h, w]``.
+
+    Text-to-video (``latents is None``): starts from ``noise`` (a standard normal ``[B, C, F, h, w]``
+    tensor) or, when ``noise`` is ``None``, from noise drawn exactly as ``TextToVideoSDPipeline`` draws it;
+    ``height``/``width`` are in pixels and must divide by the VAE factor. The result equals the pipeline's
+    latents for ``generator=torch.Generator("cpu").manual_seed(seed)``.
+
+    Video-to-video (``latents`` given, ``0 < strength <= 1``): skips the first ``steps - int(steps *
+    strength)`` timesteps and noises ``latents`` to the first remaining one, with ``noise`` or with noise
+    drawn as ``VideoToVideoSDPipeline`` draws it when it is handed latents directly (one ``[B*F, C, h, w]``
+    draw, frame-major), so it equals that pipeline for the same seed.
+
+    ``scheduler_type`` picks ``"ddim"``, ``"dpm++"`` or ``"euler"`` built from the model's scheduler config,
+    or the model's own scheduler (``None``); a fresh scheduler is built for every call. ``eta`` only
+    affects DDIM. ``progress(done, total)`` is called after every step.
+    """
+    import torch
+
+    module = unet.module
+    device, dtype = _module_device_dtype(module)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    init = latents.tensor if isinstance(latents, Latents) else latents
+    if init is None and strength != 1.0:
+        raise ValueError("strength < 1 needs input latents (video-to-video); text-to-video always uses 1.0")
+    embeds, do_cfg = _guidance_embeds(conditioning, guidance_scale, device, dtype)
+    batch = int(conditioning.prompt_embeds.shape[0])
+    shape = _latent_shape(unet, batch, frames, height, width, init if init is not None else noise)
+    if noise is not None and tuple(noise.shape) != shape:
+        raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+
+    sched = scheduler.create(scheduler_type)
+    sched.set_timesteps(steps, device=device)
+    timesteps = sched.timesteps
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    b, _, f, _, _ = shape
+
+    with torch.no_grad():
+        if init is None:
+            if noise is None:
+                noise = torch.randn(shape, generator=generator, device="cpu", dtype=dtype)
+            x = noise.to(device=device, dtype=dtype) * sched.init_noise_sigma
+        else:
+            kept = min(int(steps * strength), steps)
+            if kept < 1:
+                raise ValueError(f"steps*strength = {steps}*{strength} leaves no denoising step to run")
+            t_start = (steps - kept) * sched.order
+            timesteps = timesteps[t_start:]
+            if hasattr(sched, "set_begin_index"):
+                sched.set_begin_index(t_start)
+            init_flat = _to_frames_batch(init.to(device=device, dtype=dtype))
+            if noise is None:
+                noise_flat = torch.randn(init_flat.shape, generator=generator, device="cpu", dtype=dtype)
+            else:
+                noise_flat = _to_frames_batch(noise)
+            noise_flat = noise_flat.to(device=device, dtype=dtype)
+            noised = sched.add_noise(init_flat, noise_flat, timesteps[:1].repeat(b))
+            x = _from_frames_batch(noised, b, f)
+
+        params = set(inspect.signature(sched.step).parameters)
+        step_kwargs: dict[str, Any] = {}
+        if "eta" in params:
+            step_kwargs["eta"] = eta
+        if "generator" in params:
+            step_kwargs["generator"] = generator
+
+        total = len(timesteps)
+        for i, t in enumerate(timesteps):
+            pred = _predict(module, x, t, embeds, do_cfg, guidance_scale, sched)
+            stepped = sched.step(_to_frames_batch(pred), t, _to_frames_batch(x), **step_kwargs).prev_sample
+            x = _from_frames_batch(stepped, b, f)
+            if progress is not None:
+                progress(i + 1, total)
+    return x.contiguous()
+
+
+def ddim_invert(
+    unet: UNet3D,
+    scheduler: Scheduler,
+    conditioning: Conditioning,
+    latents: Latents | torch.Tensor,
+    steps: int,
+    guidance_scale: float = 1.0,
+    progress: ProgressFn | None = None,
+) -> torch.Tensor:
+    """Run DDIM backwards from clean ``latents`` to the noise that DDIM would denoise into them.
+
+    Uses ``DDIMInverseScheduler`` built from the model's scheduler config (ascending timesteps, the UNet
+    evaluated at each destination timestep, as Tune-A-Video does). ``clip_sample`` defaults to off when the
+    config does not say, because the inverse scheduler's own default clips latents to [-1, 1]. The result is
+    meant as ``noise`` for ``denoise`` with a DDIM scheduler (whose ``init_noise_sigma`` is 1) and the same
+    ``steps``; the round trip is exact only when the UNet's prediction barely depends on its input.
+    """
+    import torch
+    from diffusers import DDIMInverseScheduler
+
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    module = unet.module
+    device, dtype = _module_device_dtype(module)
+    x = latents.tensor if isinstance(latents, Latents) else latents
+    batch = int(conditioning.prompt_embeds.shape[0])
+    _latent_shape(unet, batch, None, None, None, x)
+    embeds, do_cfg = _guidance_embeds(conditioning, guidance_scale, device, dtype)
+    config = dict(scheduler.config)
+    inverse = DDIMInverseScheduler.from_config(config, clip_sample=config.get("clip_sample", False))
+    inverse.set_timesteps(steps, device=device)
+    x = x.to(device=device, dtype=dtype)
+    total = len(inverse.timesteps)
+    with torch.no_grad():
+        for i, t in enumerate(inverse.timesteps):
+            pred = _predict(module, x, t, embeds, do_cfg, guidance_scale, inverse)
+            x = inverse.step(pred, t, x).prev_sample
+            if progress is not None:
+                progress(i + 1, total)
+    return x
+
+
+def _check_chunk(chunk_frames: int) -> int:
+    """Validate the chunk size."""
+    if int(chunk_frames) < 1:
+        raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    return int(chunk_frames)
+
+
+def vae_encode(
+    vae: VAE, video: Video, chunk_frames: int = 8, generator: torch.Generator | None = None
+) -> Latents:
+    """Encode a ``Video`` into scaled ``Latents`` ``[1, C, F, H/f, W/f]``, ``chunk_frames`` frames at a time.
+
+    Frames are mapped to ``[-1, 1]`` as the pipelines do. Without ``generator`` the latents are the
+    posterior mean (deterministic, the usual choice for editing); with one they are a posterior sample
+    ``mean + std * n``, with ``n`` drawn for all frames at once before encoding, so the result does not
+    depend on the chunking and equals ``VideoToVideoSDPipeline``'s sample for the same generator state.
+    The output is preallocated, so peak memory depends on ``chunk_frames``, not on the number of chunks.
+    """
+    import torch
+
+    chunk = _check_chunk(chunk_frames)
+    module = vae.module
+    device, dtype = _module_device_dtype(module)
+    frames = video.frames
+    n, _, height, width = (int(s) for s in frames.shape)
+    factor = vae.scale_factor
+    if height % factor or width % factor:
+        raise ValueError(f"video size {height}x{width} must be divisible by the VAE factor {factor}; "
+                         "resize or crop it first")
+    if n % vae.temporal_factor:
+        raise ValueError(f"{n} frames must be divisible by the VAE's temporal factor {vae.temporal_factor}")
+    channels = int(module.config.latent_channels)
+    lat_shape = (n, channels, height // factor, width // factor)
+    out = torch.empty((1, channels, n, height // factor, width // factor), device=device, dtype=dtype)
+    draws = None
+    if generator is not None:
+        draws = torch.randn(lat_shape, generator=generator, device=generator.device, dtype=dtype)
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            pixels = frames[start:stop].to(device=device, dtype=dtype) * 2.0 - 1.0
+            dist = module.encode(pixels).latent_dist
+            z = dist.mean if draws is None else dist.mean + dist.std * draws[start:stop].to(device)
+            out[0, :, start:stop] = (z * vae.scaling_factor).permute(1, 0, 2, 3)
+    return Latents(tensor=out)
+
+
+def vae_decode(vae: VAE, latents: Latents | torch.Tensor, chunk_frames: int = 8, fps: float = 8.0) -> Video:
+    """Decode scaled latents ``[1, C, F, h, w]`` into a float32 CPU ``Video`` in ``[0, 1]``, in chunks.
+
+    Matches the pipelines' ``decode_latents`` + ``postprocess_video(output_type="pt")``: divide by the
+    scaling factor, decode each frame, map ``[-1, 1]`` to ``[0, 1]`` and clamp. The output is preallocated,
+    so peak memory depends on ``chunk_frames``, not on the number of chunks. ``fps`` is stamped on the
+    result, since latents carry no frame rate.
+    """
+    import torch
+
+    chunk = _check_chunk(chunk_frames)
+    tensor = latents.tensor if isinstance(latents, Latents) else latents
+    if tensor.ndim != 5 or tensor.shape[0] != 1:
+        raise ValueError(f"vae_decode takes latents of shape [1, C, F, h, w], got {tuple(tensor.shape)}")
+    module = vae.module
+    device, dtype = _module_device_dtype(module)
+    _, channels, n, h, w = (int(s) for s in tensor.shape)
+    if channels != int(module.config.latent_channels):
+        raise ValueError(f"the VAE takes {module.config.latent_channels} latent channels, got {channels}")
+    factor = vae.scale_factor
+    out_channels = int(module.config.out_channels)
+    out = torch.empty((n, out_channels, h * factor, w * factor), dtype=torch.float32)
+    inv_scale = 1 / vae.scaling_factor
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            z = tensor[0, :, start:stop].permute(1, 0, 2, 3).to(device=device, dtype=dtype)
+            image = module.decode(inv_scale * z).sample.float()
+            out[start:stop] = (image * 0.5 + 0.5).clamp(0, 1).cpu()
+    return Video(frames=out, fps=fps)

@@ -1,0 +1,294 @@
+"""``builtin:tiny``: a tiny random text-to-video model, built locally and cached on disk.
+
+Tests, examples and CI need a real ``UNet3DConditionModel`` + ``AutoencoderKL`` + CLIP text model without
+reaching a model hub. This module builds one from fixed configs and a fixed seed and writes it once, in the
+diffusers ModelScope (``TextToVideoSDPipeline``) folder layout with safetensors weights, to
+``$REELGRAPH_HOME/models/tiny-v1`` (default ``$XDG_CACHE_HOME/reelgraph`` or ``~/.cache/reelgraph``).
+
+Sizes: the VAE downscales by 4 (three encoder blocks, ``block_out_channels=(8, 16, 16)``) into 4 latent
+channels; the UNet has ``(16, 32)`` channels (about 0.34 M parameters); the text model is a 2-layer CLIP
+with 32 hidden units over a byte-level BPE vocabulary learnt from a small fixed corpus. Its outputs are
+noise: it exists to exercise code paths, not to make pictures.
+
+The folder is written into a temporary sibling directory and renamed into place, so a crash or a
+concurrent writer never leaves a half-written ``tiny-v1``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "TINY_NAME",
+    "TINY_SOURCE",
+    "build_tiny_tokenizer_files",
+    "ensure_tiny_model",
+    "reelgraph_home",
+    "tiny_model_dir",
+]
+
+#: The source id that ``load_model`` resolves to the tiny folder.
+TINY_SOURCE = "builtin:tiny"
+#: Folder name; bump the version whenever a config, the corpus or the seed changes.
+TINY_NAME = "tiny-v1"
+
+_SEED = 20240607
+_build_lock = threading.Lock()
+_MAX_LENGTH = 77
+_NUM_MERGES = 240
+_BOS = "<|startoftext|>"
+_EOS = "<|endoftext|>"
+
+# A fixed corpus: the BPE merges are learnt from it, so the vocabulary is deterministic and small.
+_CORPUS = """
+a video of a red ball bouncing on a green field under a blue sky
+a cat walking across the room slowly while the camera pans to the left
+an astronaut riding a horse on the moon, cinematic lighting, high quality
+waves crashing on the beach at sunset, slow motion, drone shot
+a yellow square moving from left to right over a black background
+a white circle moving up and down, smooth motion, simple shapes
+the quick brown fox jumps over the lazy dog in a forest at night
+time lapse of clouds passing over mountains and a river in spring
+a person dancing in the rain in the city street with neon lights
+low quality, blurry, distorted, watermark, text, ugly, bad anatomy
+"""
+
+# UNet3D: channels must divide by ``attention_head_dim`` (really the number of heads) and by the groups.
+_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+    "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"],
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 4,
+}
+
+_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "block_out_channels": [8, 16, 16],
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "sample_size": 32,
+    "scaling_factor": 0.18215,
+}
+
+# The ModelScope text-to-video scheduler settings (scaled-linear betas, leading spacing, offset 1).
+_SCHEDULER_CONFIG: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+    "timestep_spacing": "leading",
+}
+
+_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": _MAX_LENGTH,
+    "projection_dim": 32,
+}
+
+
+def reelgraph_home() -> Path:
+    """Root of reelgraph's per-user cache: ``$REELGRAPH_HOME``, else ``$XDG_CACHE_HOME/reelgraph``, else
+    ``~/.cache/reelgraph``. Kept free of ``platformdirs`` to avoid a dependency for one path."""
+    env = os.environ.get("REELGRAPH_HOME")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path(os.path.expanduser("~")) / ".cache"
+    return base / "reelgraph"
+
+
+def tiny_model_dir() -> Path:
+    """Where the tiny model folder lives (it may not exist yet; see ``ensure_tiny_model``)."""
+    return reelgraph_home() / "models" / TINY_NAME
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """The byte-level BPE alphabet: printable Latin-1 bytes map to themselves, the other bytes to code
+    points from 256 upwards, so every byte has a visible, non-whitespace character."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    mapping: dict[int, str] = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def build_tiny_tokenizer_files() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Learn a small CLIP-style BPE (vocab dict, ordered merges) from the fixed corpus, deterministically.
+
+    Layout follows CLIP's: the 256 byte symbols, the same with the ``</w>`` end-of-word suffix, one entry
+    per merge in merge order, then ``<|startoftext|>`` and ``<|endoftext|>``. Ties between equally frequent
+    pairs are broken lexicographically, so the result never depends on hash order.
+    """
+    alphabet = list(_bytes_to_unicode().values())
+    words: Counter[tuple[str, ...]] = Counter()
+    for word in _CORPUS.lower().replace(",", " ").split():
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        words[tuple(symbols)] += 1
+    merges: list[tuple[str, str]] = []
+    for _ in range(_NUM_MERGES):
+        pairs: Counter[tuple[str, str]] = Counter()
+        for symbols, count in words.items():
+            for pair in itertools.pairwise(symbols):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs.items(), key=lambda item: (-item[1], item[0]))[0]
+        merges.append(best)
+        merged: Counter[tuple[str, ...]] = Counter()
+        for symbols, count in words.items():
+            out: list[str] = []
+            i = 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    out.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    out.append(symbols[i])
+                    i += 1
+            merged[tuple(out)] += count
+        words = merged
+    tokens = alphabet + [s + "</w>" for s in alphabet] + ["".join(m) for m in merges] + [_BOS, _EOS]
+    vocab: dict[str, int] = {}
+    for token in tokens:
+        vocab.setdefault(token, len(vocab))
+    return vocab, merges
+
+
+def _seeded_init(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Re-draw every random parameter from ``generator``, so the weights never depend on torch's global RNG
+    (which other threads may be using). Normalisation layers keep their constant init; embeddings get
+    N(0, 0.02); other weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default bound. Layers
+    that diffusers zero-initialises (the temporal convolutions' last layer) become random too, so the tiny
+    model exercises every path."""
+    import torch
+
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.BatchNorm2d)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, norms):
+                continue
+            weight = getattr(module, "weight", None)
+            fan_in = weight[0].numel() if isinstance(weight, torch.Tensor) and weight.ndim >= 2 else None
+            for name, param in module.named_parameters(recurse=False):
+                if isinstance(module, torch.nn.Embedding):
+                    values = torch.randn(param.shape, generator=generator) * 0.02
+                elif fan_in is not None:
+                    bound = fan_in**-0.5
+                    values = (torch.rand(param.shape, generator=generator) * 2 - 1) * bound
+                elif name == "weight" or param.ndim >= 2:
+                    values = torch.randn(param.shape, generator=generator) * 0.02
+                else:
+                    continue
+                param.copy_(values.to(param.dtype))
+
+
+def _write_tiny_model(folder: Path) -> None:
+    """Build every component from fixed configs, seed its weights and save it under ``folder`` (which
+    must not exist)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab, merges = build_tiny_tokenizer_files()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_LENGTH)
+    text_config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        bos_token_id=vocab[_BOS],
+        eos_token_id=vocab[_EOS],
+        pad_token_id=vocab[_EOS],
+        **_TEXT_CONFIG,
+    )
+    generator = torch.Generator("cpu").manual_seed(_SEED)
+    unet = UNet3DConditionModel(**_UNET_CONFIG)
+    vae = AutoencoderKL(**_VAE_CONFIG)
+    text_encoder = CLIPTextModel(text_config)
+    for model in (unet, vae, text_encoder):
+        _seeded_init(model, generator)
+    scheduler = DDIMScheduler(**_SCHEDULER_CONFIG)
+
+    folder.mkdir(parents=True)
+    unet.save_pretrained(folder / "unet", safe_serialization=True)
+    vae.save_pretrained(folder / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+    scheduler.save_pretrained(folder / "scheduler")
+    tok_dir = folder / "tokenizer"
+    tokenizer.save_pretrained(tok_dir)
+    # save_pretrained only writes tokenizer.json; also write the slow-format files so the folder loads
+    # from either representation.
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    merges_text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    (tok_dir / "merges.txt").write_text(merges_text, encoding="utf-8")
+
+    import diffusers
+
+    index = {
+        "_class_name": "TextToVideoSDPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet3DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def ensure_tiny_model() -> Path:
+    """Return the tiny model folder, building it first if it is missing.
+
+    The folder is built in a uniquely named temporary sibling and renamed into place. If another process
+    wins the race, its complete folder is kept and ours is discarded, so readers only ever see a complete
+    folder.
+    """
+    target = tiny_model_dir()
+    if (target / "model_index.json").is_file():
+        return target
+    with _build_lock:  # threads of this process build once; other processes race on the rename
+        if (target / "model_index.json").is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{TINY_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            _write_tiny_model(tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError as exc:
+                # Another process renamed a complete folder into place first: keep theirs.
+                if not (target / "model_index.json").is_file():
+                    raise OSError(f"cannot move the tiny model into {target}: it exists but is not a "
+                                  "complete model folder; delete it and retry") from exc
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target
