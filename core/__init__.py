@@ -12,6 +12,7 @@ from .context import RunContext
 from .errors import (
     NodeDefinitionError,
     NodeFailed,
+    NodeInputError,
     Problem,
     ReelgraphError,
     RunInterrupted,
@@ -32,6 +33,7 @@ __all__ = [
     "Event",
     "NodeDefinitionError",
     "NodeFailed",
+    "NodeInputError",
     "NodeRecord",
     "NodeRegistry",
     "NodeType",

@@ -136,7 +136,7 @@ def _cmd_run(args: argparse.Namespace, engine: Engine) -> int:
         return EXIT_INVALID
     except NodeFailed as exc:
         result = exc.result  # type: ignore[assignment]
-        sys.stderr.write(f"error: {exc.code}: node {exc.node!r} ({exc.node_type}): {exc.message}\n")
+        sys.stderr.write(f"error: {exc}\n")
         if args.debug and exc.__cause__ is not None:
             import traceback
 

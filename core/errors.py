@@ -61,17 +61,47 @@ class WorkflowInvalid(ReelgraphError):
         super().__init__(f"workflow is invalid ({len(problems)} problem(s)):\n{lines}")
 
 
+#: Codes of errors raised while a workflow runs (``NodeFailed.code``).
+RUNTIME_CODES: dict[str, str] = {
+    "node_failed": "the node raised an unexpected error; the message says which",
+    "invalid_value": "an input value was refused once the node could check it (e.g. against the loaded model)",
+    "file_not_found": "a file an input names does not exist",
+    "model_load_failed": "a model source is missing, malformed, or holds weights that would need pickle",
+    "video_decode_failed": "a video file does not decode",
+    "interrupted": "the run was interrupted; finished results stay cached",
+}
+
+
+class NodeInputError(ReelgraphError, ValueError):
+    """Raised by a node to refuse one of its inputs at run time, with a code from :data:`RUNTIME_CODES`.
+
+    The engine turns it into a :class:`NodeFailed` that carries the same code and input name, so the
+    error is located like a validation problem.
+    """
+
+    def __init__(self, message: str, input: str | None = None, code: str = "invalid_value") -> None:
+        self.input = input
+        self.code = code
+        super().__init__(message)
+
+
 class NodeFailed(ReelgraphError):
-    """A node raised while running. Results of nodes that finished before it stay cached."""
+    """A node raised while running. Results of nodes that finished before it stay cached.
 
-    code = "node_failed"
+    ``code`` is ``node_failed`` for unexpected errors, or the code of a :class:`NodeInputError`;
+    ``input`` names the refused input when the node said which.
+    """
 
-    def __init__(self, node: str, node_type: str, message: str, result: object | None = None) -> None:
+    def __init__(self, node: str, node_type: str, message: str, result: object | None = None,
+                 code: str = "node_failed", input: str | None = None) -> None:
         self.node = node
         self.node_type = node_type
         self.message = message
         self.result = result
-        super().__init__(f"node {node!r} ({node_type}) failed: {message}")
+        self.code = code
+        self.input = input
+        where = f", input {input!r}" if input else ""
+        super().__init__(f"{code}: node {node!r} ({node_type}{where}): {message}")
 
 
 class RunInterrupted(ReelgraphError):

@@ -23,7 +23,7 @@ from typing import Any
 
 from .cache import DiskCache, MemoryCache, node_key
 from .context import RunContext
-from .errors import NodeFailed, ReelgraphError, RunInterrupted
+from .errors import NodeFailed, NodeInputError, ReelgraphError, RunInterrupted
 from .events import Event, Sink
 from .graph import execution_order
 from .validate import Plan, PlannedNode
@@ -219,9 +219,12 @@ class Executor:
 
     def _failed(self, pn: PlannedNode, exc: Exception, seconds: float, result: RunResult, emit: Sink) -> NodeFailed:
         message = str(exc) if isinstance(exc, ReelgraphError) else f"{type(exc).__name__}: {exc}"
+        code, input_name = "node_failed", None
+        if isinstance(exc, NodeInputError):
+            code, input_name = exc.code, exc.input
         emit(Event("node_failed", result.run_id, node=pn.id, node_type=pn.type.name, seconds=seconds,
-                   message=message))
-        return NodeFailed(pn.id, pn.type.name, message)
+                   message=message, extra={"code": code, "input": input_name}))
+        return NodeFailed(pn.id, pn.type.name, message, code=code, input=input_name)
 
     def _run_node(self, pn: PlannedNode, values: dict[str, dict[str, Any]], key: str, ctx: RunContext,
                   result: RunResult, emit: Sink) -> dict[str, Any]:

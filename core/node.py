@@ -14,15 +14,19 @@ The decorated function stays an ordinary callable.
 
 from __future__ import annotations
 
+import collections.abc
+import enum
 import inspect
 import re
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import PurePath
 from typing import Any, get_args, get_origin
 
-from pydantic import PydanticSchemaGenerationError, TypeAdapter
+from pydantic import BaseModel, PydanticSchemaGenerationError, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from .context import RunContext
@@ -40,6 +44,41 @@ class _Missing:
 
 
 REQUIRED: Any = _Missing()
+
+
+_CONTAINERS = (list, tuple, dict, set, frozenset, collections.abc.Sequence, collections.abc.Mapping)
+
+
+def literal_type(tp: Any) -> Any:
+    """The part of a type that a JSON literal can supply, or None when only a link can.
+
+    JSON scalars, paths, enums, pydantic models, ``Literal`` and containers of these can be written in a
+    workflow; other classes (tensors, model handles) cannot. From a union only the writable members are
+    kept, so ``Latents | None`` takes the literal ``null``.
+    """
+    origin = get_origin(tp)
+    if tp is Any:
+        return tp
+    if origin is typing.Annotated:
+        base, *meta = get_args(tp)
+        inner = literal_type(base)
+        return None if inner is None else typing.Annotated[(inner, *meta)]
+    if origin is typing.Literal:
+        return tp
+    if origin in (typing.Union, types.UnionType):
+        kept = [m for m in (literal_type(a) for a in get_args(tp)) if m is not None]
+        return None if not kept else kept[0] if len(kept) == 1 else typing.Union[tuple(kept)]  # noqa: UP007
+    if origin is not None:
+        if origin in _CONTAINERS and all(literal_type(a) is not None for a in get_args(tp) if a is not Ellipsis):
+            return tp
+        return None
+    if tp is None or tp is type(None):
+        return type(None)
+    if isinstance(tp, type) and issubclass(tp, (str, int, float, bool, PurePath, enum.Enum, BaseModel)):
+        return tp
+    if tp in _CONTAINERS:
+        return tp
+    return None
 
 
 @dataclass(frozen=True)
@@ -60,7 +99,9 @@ class InputPort:
     @cached_property
     def adapter(self) -> TypeAdapter[Any] | None:
         """Validator for literal values, or None when the type can only arrive through a link."""
-        tp = self.annotation
+        tp = literal_type(self.annotation)
+        if tp is None:
+            return None
         if self.field_info is not None:
             tp = typing.Annotated[tp, self.field_info]
         try:

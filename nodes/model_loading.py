@@ -24,7 +24,7 @@ from .values import VAE, Scheduler, TextEncoder, UNet3D
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ModelLoadError", "clear_model_cache", "load_model", "resolve_device", "resolve_dtype"]
+__all__ = ["ModelLoadError", "clear_model_cache", "load_model", "resolve_device", "resolve_dtype", "source_fingerprint"]
 
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
@@ -150,6 +150,22 @@ def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     return tuple(entries)
 
 
+def source_fingerprint(source: str) -> list[Any]:
+    """What identifies a model source's current content: the builtin's version, or every file's size and mtime.
+
+    Cheap (no weights are read); the engine mixes it into ``load_model``'s cache key so that a folder
+    whose files change is loaded again.
+    """
+    if source.startswith("builtin:"):
+        from .tiny_models import TINY_NAME
+
+        return [source, TINY_NAME]
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return [source, None]
+    return [str(path.resolve()), [list(e) for e in _fingerprint(path)]]
+
+
 def _load_component(component: str, folder: Path, loader: Any) -> Any:
     """Run one component loader, turning any failure into a ``ModelLoadError`` naming the component."""
     try:
@@ -160,10 +176,23 @@ def _load_component(component: str, folder: Path, loader: Any) -> Any:
         raise ModelLoadError(f"could not load the {component} of {folder}: {type(exc).__name__}: {exc}") from exc
 
 
+def quiet_hf_libraries() -> None:
+    """Silence diffusers' and transformers' progress bars and advice: reelgraph reports its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _load_folder(folder: Path, source: str, index: dict[str, Any], device: str, dtype: torch.dtype) -> Handles:
     """Load all five components of a validated folder onto ``device`` in ``dtype``."""
     import diffusers
     import transformers
+
+    quiet_hf_libraries()
 
     def load_unet() -> Any:
         return diffusers.UNet3DConditionModel.from_pretrained(

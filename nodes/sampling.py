@@ -321,7 +321,11 @@ def _check_chunk(chunk_frames: int) -> int:
 
 
 def vae_encode(
-    vae: VAE, video: Video, chunk_frames: int = 8, generator: torch.Generator | None = None
+    vae: VAE,
+    video: Video,
+    chunk_frames: int = 8,
+    generator: torch.Generator | None = None,
+    progress: ProgressFn | None = None,
 ) -> Latents:
     """Encode a ``Video`` into scaled ``Latents`` ``[1, C, F, H/f, W/f]``, ``chunk_frames`` frames at a time.
 
@@ -330,6 +334,7 @@ def vae_encode(
     ``mean + std * n``, with ``n`` drawn for all frames at once before encoding, so the result does not
     depend on the chunking and equals ``VideoToVideoSDPipeline``'s sample for the same generator state.
     The output is preallocated, so peak memory depends on ``chunk_frames``, not on the number of chunks.
+    ``progress(frames_done, total)`` is called after each chunk.
     """
     import torch
 
@@ -357,16 +362,24 @@ def vae_encode(
             dist = module.encode(pixels).latent_dist
             z = dist.mean if draws is None else dist.mean + dist.std * draws[start:stop].to(device)
             out[0, :, start:stop] = (z * vae.scaling_factor).permute(1, 0, 2, 3)
+            if progress is not None:
+                progress(stop, n)
     return Latents(tensor=out)
 
 
-def vae_decode(vae: VAE, latents: Latents | torch.Tensor, chunk_frames: int = 8, fps: float = 8.0) -> Video:
+def vae_decode(
+    vae: VAE,
+    latents: Latents | torch.Tensor,
+    chunk_frames: int = 8,
+    fps: float = 8.0,
+    progress: ProgressFn | None = None,
+) -> Video:
     """Decode scaled latents ``[1, C, F, h, w]`` into a float32 CPU ``Video`` in ``[0, 1]``, in chunks.
 
     Matches the pipelines' ``decode_latents`` + ``postprocess_video(output_type="pt")``: divide by the
     scaling factor, decode each frame, map ``[-1, 1]`` to ``[0, 1]`` and clamp. The output is preallocated,
     so peak memory depends on ``chunk_frames``, not on the number of chunks. ``fps`` is stamped on the
-    result, since latents carry no frame rate.
+    result, since latents carry no frame rate. ``progress(frames_done, total)`` is called after each chunk.
     """
     import torch
 
@@ -389,4 +402,6 @@ def vae_decode(vae: VAE, latents: Latents | torch.Tensor, chunk_frames: int = 8,
             z = tensor[0, :, start:stop].permute(1, 0, 2, 3).to(device=device, dtype=dtype)
             image = module.decode(inv_scale * z).sample.float()
             out[start:stop] = (image * 0.5 + 0.5).clamp(0, 1).cpu()
+            if progress is not None:
+                progress(stop, n)
     return Video(frames=out, fps=fps)

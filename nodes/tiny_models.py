@@ -220,6 +220,9 @@ def _write_tiny_model(folder: Path) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    from .model_loading import quiet_hf_libraries
+
+    quiet_hf_libraries()
     vocab, merges = build_tiny_tokenizer_files()
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_MAX_LENGTH)
     text_config = CLIPTextConfig(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from reelgraph import hookimpl
-from reelgraph.nodes import basic
+from reelgraph.nodes import basic, diffusion_nodes, model_nodes, video_nodes
 
-BUILTIN_MODULES = (basic,)
+BUILTIN_MODULES = (basic, model_nodes, video_nodes, diffusion_nodes)
 
 
 @hookimpl

@@ -1,0 +1,161 @@
+"""Nodes: prompt encoding, VAE encode/decode, UNet3D denoising and DDIM inversion.
+
+Each node wraps one function of :mod:`reelgraph.nodes.sampling`, whose loops reproduce diffusers'
+``TextToVideoSDPipeline`` / ``VideoToVideoSDPipeline`` / ``DDIMInverseScheduler`` step for step; the
+nodes add typed ports, progress, interruption and located errors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from reelgraph import NodeInputError, RunContext, node
+
+from . import sampling
+from .values import VAE, Conditioning, Latents, Scheduler, TextEncoder, UNet3D, Video
+
+SchedulerType = Literal["default", "ddim", "dpm++", "euler"]
+Steps = Annotated[int, Field(ge=1, le=1000)]
+ChunkFrames = Annotated[int, Field(ge=1, le=4096)]
+
+
+def _report(ctx: RunContext) -> Any:
+    return lambda i, n: ctx.progress(i, n)
+
+
+def _check_pixels(unet: UNet3D, **sizes: int | None) -> None:
+    factor = unet.vae_scale_factor
+    for name, value in sizes.items():
+        if value is not None and value % factor:
+            raise NodeInputError(f"{name}={value} is not divisible by the VAE factor {factor} of this model; "
+                                 f"try {max(factor, value // factor * factor)}", input=name)
+
+
+@node("clip_text_encode", category="conditioning", output="conditioning")
+def clip_text_encode(text_encoder: TextEncoder, prompt: str, negative_prompt: str = "") -> Conditioning:
+    """Encode a prompt and its negative into cross-attention conditioning, as the t2v pipeline does.
+
+    Args:
+        text_encoder: the tokenizer and CLIP text model (``load_model.text_encoder``).
+        prompt: what the video shows.
+        negative_prompt: what it should not show (used when guidance_scale > 1).
+    """
+    return sampling.encode_prompt(text_encoder, prompt, negative_prompt, guidance=True)
+
+
+@node("vae_encode", category="latents", output="latents")
+def vae_encode(vae: VAE, video: Video, ctx: RunContext, chunk_frames: ChunkFrames = 8) -> Latents:
+    """Encode frames into scaled latents ``[1, C, F, h, w]`` (the posterior mean), a chunk of frames at a time.
+
+    Args:
+        vae: the model's VAE.
+        video: frames whose height and width divide by the VAE factor.
+        chunk_frames: frames per VAE call; peak memory depends on this, not on the clip's length.
+    """
+    factor = vae.scale_factor
+    for name, value in (("height", video.height), ("width", video.width)):
+        if value % factor:
+            raise NodeInputError(f"the video's {name} {value} is not divisible by the VAE factor {factor}; "
+                                 "resize it with load_video's height/width", input="video")
+    return sampling.vae_encode(vae, video, chunk_frames=chunk_frames, progress=_report(ctx))
+
+
+@node("vae_decode", category="latents", output="video")
+def vae_decode(vae: VAE, latents: Latents, ctx: RunContext, chunk_frames: ChunkFrames = 8,
+               fps: Annotated[float, Field(gt=0, le=1000)] = 8.0) -> Video:
+    """Decode scaled latents into frames in [0, 1], a chunk of frames at a time.
+
+    Args:
+        vae: the model's VAE.
+        latents: ``[1, C, F, h, w]`` latents, e.g. from ``unet3d_denoise``.
+        chunk_frames: frames per VAE call; peak memory depends on this, not on the clip's length.
+        fps: the frame rate stamped on the video (latents carry none).
+    """
+    return sampling.vae_decode(vae, latents, chunk_frames=chunk_frames, fps=fps, progress=_report(ctx))
+
+
+@node("unet3d_denoise", category="sampling", output="latents")
+def unet3d_denoise(
+    unet: UNet3D,
+    scheduler: Scheduler,
+    conditioning: Conditioning,
+    ctx: RunContext,
+    frames: Annotated[int, Field(ge=1, le=4096)] = 16,
+    height: Annotated[int, Field(ge=8, le=8192)] | None = None,
+    width: Annotated[int, Field(ge=8, le=8192)] | None = None,
+    steps: Steps = 25,
+    guidance_scale: Annotated[float, Field(ge=0, le=100)] = 9.0,
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0,
+    eta: Annotated[float, Field(ge=0, le=1)] = 0.0,
+    scheduler_type: SchedulerType = "default",
+    noise: Latents | None = None,
+    latents: Latents | None = None,
+    strength: Annotated[float, Field(gt=0, le=1)] = 1.0,
+) -> Latents:
+    """Generate video latents with the UNet3D: text-to-video, from given noise, or video-to-video.
+
+    For the same model, prompts, seed, size, frames, steps, guidance and scheduler the result equals
+    diffusers' ``TextToVideoSDPipeline`` with ``generator=torch.Generator("cpu").manual_seed(seed)``.
+
+    Args:
+        unet: the model's UNet3D.
+        scheduler: the model's scheduler configuration.
+        conditioning: from ``clip_text_encode``.
+        frames: number of frames (ignored when ``noise`` or ``latents`` is given).
+        height: frame height in pixels, a multiple of the VAE factor (default: the model's sample size).
+        width: frame width in pixels, a multiple of the VAE factor (default: the model's sample size).
+        steps: denoising steps.
+        guidance_scale: classifier-free guidance; 1 or less turns it off.
+        seed: seeds the starting noise (drawn exactly as diffusers draws it) and DDIM's eta noise.
+        eta: DDIM stochasticity (0 is deterministic DDIM).
+        scheduler_type: ``default`` (the model's own), ``ddim``, ``dpm++`` or ``euler``.
+        noise: starting noisy latents instead of seeded noise, e.g. ``ddim_invert.noise``.
+        latents: clean latents to re-generate (video-to-video), noised to ``strength``'s level.
+        strength: how much of the schedule runs on ``latents`` (1.0 = from pure noise).
+    """
+    _check_pixels(unet, height=height, width=width)
+    if strength < 1 and latents is None:
+        raise NodeInputError("strength < 1 needs input latents (video-to-video)", input="strength")
+    given = noise if noise is not None else latents
+    if given is not None:
+        frames, height, width = None, None, None
+    elif height is None or width is None:
+        size = unet.module.config.sample_size * unet.vae_scale_factor
+        height, width = height or size, width or size
+    tensor = sampling.denoise(
+        unet, scheduler, conditioning, frames=frames, height=height, width=width, steps=steps,
+        guidance_scale=guidance_scale, seed=seed, eta=eta,
+        scheduler_type=None if scheduler_type == "default" else scheduler_type,
+        noise=noise.tensor if noise is not None else None, latents=latents, strength=strength,
+        progress=_report(ctx),
+    )
+    return Latents(tensor)
+
+
+@node("ddim_invert", category="sampling", output="noise")
+def ddim_invert(
+    unet: UNet3D,
+    scheduler: Scheduler,
+    conditioning: Conditioning,
+    latents: Latents,
+    ctx: RunContext,
+    steps: Steps = 25,
+    guidance_scale: Annotated[float, Field(ge=0, le=100)] = 1.0,
+) -> Latents:
+    """Invert clean latents with DDIM to the noise that DDIM would denoise back into them (Tune-A-Video).
+
+    Feed the result to ``unet3d_denoise.noise`` with ``scheduler_type`` ``ddim`` and the same ``steps``.
+
+    Args:
+        unet: the model's UNet3D.
+        scheduler: the model's scheduler configuration (the inverse DDIM scheduler is built from it).
+        conditioning: the source clip's caption, from ``clip_text_encode``.
+        latents: the clean latents of the source clip (``vae_encode``).
+        steps: inversion steps.
+        guidance_scale: classifier-free guidance during inversion; 1 (off) inverts most faithfully.
+    """
+    tensor = sampling.ddim_invert(unet, scheduler, conditioning, latents, steps=steps,
+                                  guidance_scale=guidance_scale, progress=_report(ctx))
+    return Latents(tensor)

@@ -1,0 +1,90 @@
+"""Nodes: read a video file into frames, and write frames to a video file (streamed through PyAV)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple
+
+from pydantic import Field
+
+from reelgraph import NodeInputError, RunContext, node
+
+from .values import Video
+from .video_io import VideoDecodeError, read_video, write_video
+
+
+class LoadedVideo(NamedTuple):
+    """A decoded clip and its facts."""
+
+    video: Video
+    fps: float
+    frames: int
+
+
+def _file_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
+    path = ctx.resolve_input(values["path"])
+    try:
+        stat = path.stat()
+    except OSError:
+        return [str(path), None]
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def _report(ctx: RunContext) -> Any:
+    return lambda i, n: ctx.progress(i, n)
+
+
+@node("load_video", category="video", fingerprint=_file_fingerprint)
+def load_video(
+    path: str,
+    ctx: RunContext,
+    start: Annotated[int, Field(ge=0)] = 0,
+    max_frames: Annotated[int, Field(ge=1)] | None = None,
+    every_nth: Annotated[int, Field(ge=1)] = 1,
+    height: Annotated[int, Field(ge=1)] | None = None,
+    width: Annotated[int, Field(ge=1)] | None = None,
+) -> LoadedVideo:
+    """Decode a video file into float frames ``[F, C, H, W]`` in [0, 1], streaming frame by frame.
+
+    Args:
+        path: the video file, relative to the workflow's folder.
+        start: index of the first frame kept.
+        max_frames: keep at most this many frames (all when empty).
+        every_nth: keep every n-th frame (the fps output is divided accordingly).
+        height: resize frames to this height (give one of height/width to keep the aspect ratio).
+        width: resize frames to this width.
+    """
+    resolved = ctx.resolve_input(path)
+    try:
+        video = read_video(resolved, start=start, max_frames=max_frames, every_nth=every_nth, height=height,
+                           width=width, progress=_report(ctx))
+    except FileNotFoundError as exc:
+        raise NodeInputError(f"video file {str(resolved)!r} does not exist", "path", "file_not_found") from exc
+    except VideoDecodeError as exc:
+        raise NodeInputError(str(exc), input="path", code="video_decode_failed") from exc
+    return LoadedVideo(video, video.fps, video.num_frames)
+
+
+@node("save_video", category="video", output="path", side_effects=True)
+def save_video(
+    video: Video,
+    ctx: RunContext,
+    path: str = "video.mp4",
+    fps: Annotated[float, Field(gt=0, le=1000)] | None = None,
+    crf: Annotated[int, Field(ge=0, le=51)] = 18,
+) -> Path:
+    """Write frames to ``.mp4`` (H.264, yuv420p) or ``.gif``, atomically: a file appears whole or not at all.
+
+    Odd frame sizes are padded to even for yuv420p and cropped back by ``load_video``.
+
+    Args:
+        video: the frames to write.
+        path: the output file; relative paths land under the run's output folder (``--out``).
+        fps: frames per second (default: the video's own).
+        crf: H.264 quality, 0 (lossless) to 51; 18 is visually near-lossless.
+    """
+    target = ctx.resolve_output(path)
+    if target.suffix.lower() not in (".mp4", ".gif"):
+        raise NodeInputError(f"cannot write {target.suffix or 'extension-less'} files; use .mp4 or .gif", "path")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return write_video(video, target, fps=fps, crf=crf, progress=_report(ctx))
