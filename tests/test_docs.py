@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from reelgraph import hookspecs
-from reelgraph.errors import VALIDATION_CODES
+from reelgraph.errors import RUNTIME_CODES, VALIDATION_CODES
 
 from conftest import ROOT
 
@@ -39,5 +39,5 @@ def test_hook_reelgraph_register_nodes(make_engine) -> None:  # type: ignore[no-
 
 
 def test_every_validation_code_is_documented() -> None:
-    for code in VALIDATION_CODES:
+    for code in [*VALIDATION_CODES, *RUNTIME_CODES]:
         assert f"| `{code}` |" in ENGINE_DOC, code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -44,7 +45,7 @@ def test_first_lines_are_the_two_commands() -> None:
     info, body = BLOCKS[0]
     assert info == ["bash"]
     main, tests = body.strip().splitlines()
-    assert main.endswith("reelgraph run workflows/hello.json") and "pip install torch==2.13.0" in main
+    assert main.endswith("reelgraph run workflows/text2video.json") and "pip install torch==2.13.0" in main
     assert tests.endswith("python -m pytest -q")
     assert "python -m pytest -q\n" in (ROOT / ".ci" / "run").read_text(), "CI must run the README's test command"
 
@@ -57,9 +58,13 @@ def test_file_blocks_match_the_repository_or_parse() -> None:
             json.loads(body)
 
 
+ENV: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("readme")
+    ENV.update(os.environ, REELGRAPH_HOME=str(folder / ".reelgraph-home"), HF_HUB_OFFLINE="1")
     shutil.copytree(ROOT / "workflows", folder / "workflows")
     for name, body in files().items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +77,7 @@ def test_console_sessions(sandbox: Path, command: str, expected: str) -> None:
     argv = command.split()
     assert argv[0] == "reelgraph"
     proc = subprocess.run([sys.executable, "-m", "reelgraph", *argv[1:]], cwd=sandbox, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=ENV)
     assert proc.stdout == expected, proc.stderr
 
 
@@ -83,8 +88,30 @@ def test_mermaid_block_is_the_graph_output(sandbox: Path) -> None:
     assert proc.stdout == mermaid
 
 
-def test_python_example(sandbox: Path) -> None:
-    code = next(body for info, body in BLOCKS if info == ["python"])
-    proc = subprocess.run([sys.executable, "-c", code], cwd=sandbox, capture_output=True, text=True, timeout=120)
+def checked(code: str) -> str:
+    """Turn README lines ``print(expr)  # expected`` into assertions that ``str(expr) == expected``."""
+    out = []
+    for line in code.splitlines():
+        m = re.match(r"^(\s*)print\((.*)\)\s+# (.*)$", line)
+        out.append(f"{m[1]}assert str({m[2]}) == {m[3]!r}, str({m[2]})" if m else line)
+    return "\n".join(out) + "\n"
+
+
+@pytest.mark.parametrize("index", [i for i, (info, _) in enumerate(BLOCKS) if info == ["python"]])
+def test_python_examples(sandbox: Path, index: int) -> None:
+    code = checked(BLOCKS[index][1])
+    assert "assert str(" in code, "a README python example should show what it prints"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=sandbox, capture_output=True, text=True, timeout=300,
+                          env=ENV)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "a red circle moving left (take 2) ['seed', 'caption'] []"
+
+
+def test_main_job_writes_a_video(sandbox: Path) -> None:
+    main = BLOCKS[0][1].strip().splitlines()[0]
+    command = main.rsplit("&&", 1)[1].split()
+    proc = subprocess.run([sys.executable, "-m", "reelgraph", *command[1:]], cwd=sandbox, capture_output=True,
+                          text=True, timeout=600, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    from reelgraph.nodes.video_io import read_video
+
+    assert read_video(sandbox / "outputs" / "text2video.mp4").num_frames == 8
