@@ -224,6 +224,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         engine = Engine(args.plugin, cache_dir=getattr(args, "cache_dir", None))
+        if args.command != "plugins":
+            for info in engine.plugins:
+                if info.error:
+                    sys.stderr.write(f"warning: plugin {info.name} was skipped: {info.error}\n")
+            for name, owners in engine.registry.conflicts.items():
+                sys.stderr.write(f"warning: node type {name!r} is registered by {' and '.join(owners)}; "
+                                 "neither is usable\n")
         return COMMANDS[args.command](args, engine)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -147,3 +147,12 @@ def test_nodes_json_describes_ports() -> None:
     assert scale["inputs"][1] == {"name": "factor", "type": "float", "required": False, "default": "2.0",
                                   "constraints": "Gt(gt=0), Le(le=100)", "link_only": False, "description": ""}
     assert scale["outputs"] == [{"name": "result", "type": "float"}]
+
+
+def test_skipped_plugins_are_announced_by_every_command(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise ImportError('missing dependency: opencv')\n")
+    proc = cli("nodes", "--plugin", str(bad))
+    assert proc.returncode == 0
+    assert f"warning: plugin {bad} was skipped: ImportError: missing dependency: opencv" in proc.stderr
+    assert "format_text" in proc.stdout
