@@ -22,6 +22,7 @@ from .events import Event
 from .executor import NodeRecord, RunResult
 from .hookspecs import hookimpl
 from .node import DEFAULT_OUTPUT, NodeType, node
+from .paths import InputPath, OutputPath, path_input
 from .registry import NodeRegistry
 from .workflow import Workflow
 
@@ -31,12 +32,14 @@ __all__ = [
     "DEFAULT_OUTPUT",
     "Engine",
     "Event",
+    "InputPath",
     "NodeDefinitionError",
     "NodeFailed",
     "NodeInputError",
     "NodeRecord",
     "NodeRegistry",
     "NodeType",
+    "OutputPath",
     "Problem",
     "ReelgraphError",
     "RunContext",
@@ -47,6 +50,7 @@ __all__ = [
     "__version__",
     "hookimpl",
     "node",
+    "path_input",
     "read_workflow",
     "run",
     "validate",

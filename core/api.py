@@ -11,6 +11,7 @@ from .cache import DEFAULT_MEMORY_BYTES, DiskCache, MemoryCache
 from .errors import Problem, WorkflowInvalid
 from .events import Sink
 from .executor import Executor, RunResult
+from .paths import Sandbox
 from .registry import ENTRY_POINT_GROUP, NodeRegistry, PluginInfo, PluginSet
 from .validate import Plan, plan_workflow
 from .workflow import Workflow, load_document, parse_document
@@ -75,20 +76,33 @@ class Engine:
         return self.plugin_set.plugins
 
     def check(
-        self, workflow: WorkflowLike, params: dict[str, Any] | None = None, outputs: Sequence[str] | None = None
-    ) -> tuple[Plan | None, list[Problem], Path]:
-        """Parse and validate without running: the plan (None when unparseable), all problems, the folder."""
+        self,
+        workflow: WorkflowLike,
+        params: dict[str, Any] | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        allow_paths: Iterable[str | Path] = (),
+    ) -> tuple[Plan | None, list[Problem], Sandbox]:
+        """Parse and validate without running: the plan (None when unparseable), all problems, the sandbox."""
         wf, problems, base = read_workflow(workflow)
+        sandbox = Sandbox(base, Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR, allow_paths)
         if wf is None:
-            return None, problems, base
-        plan, problems = plan_workflow(wf, self.registry, params, outputs, problems)
-        return plan, problems, base
+            return None, problems, sandbox
+        plan, problems = plan_workflow(wf, self.registry, params, outputs, problems, sandbox)
+        return plan, problems, sandbox
 
     def validate(
-        self, workflow: WorkflowLike, params: dict[str, Any] | None = None, outputs: Sequence[str] | None = None
+        self,
+        workflow: WorkflowLike,
+        params: dict[str, Any] | None = None,
+        outputs: Sequence[str] | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        allow_paths: Iterable[str | Path] = (),
     ) -> list[Problem]:
         """Every problem in the workflow (empty when valid). Loads no model and runs nothing."""
-        return self.check(workflow, params, outputs)[1]
+        return self.check(workflow, params, outputs, out_dir=out_dir, allow_paths=allow_paths)[1]
 
     def run(
         self,
@@ -97,18 +111,21 @@ class Engine:
         outputs: Sequence[str] | None = None,
         *,
         out_dir: str | Path | None = None,
+        allow_paths: Iterable[str | Path] = (),
+        overwrite: bool = False,
         events: Iterable[Sink] = (),
     ) -> RunResult:
         """Validate, then run the nodes that ``outputs`` need (all terminal nodes when None).
 
+        Paths in the workflow must stay inside its folder, ``out_dir`` (default ``./outputs``) and
+        ``allow_paths``. Output files never replace existing ones unless ``overwrite``.
         Raises :class:`WorkflowInvalid` (nothing ran), :class:`NodeFailed` or :class:`RunInterrupted`
         (finished results stay cached; the partial record is ``exc.result``).
         """
-        plan, problems, base = self.check(workflow, params, outputs)
+        plan, problems, sandbox = self.check(workflow, params, outputs, out_dir=out_dir, allow_paths=allow_paths)
         if problems or plan is None:
             raise WorkflowInvalid(problems)
-        out = Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR
-        return self.executor.run(plan, out_dir=out.resolve(), base_dir=base, sinks=events)
+        return self.executor.run(plan, sandbox=sandbox, overwrite=overwrite, sinks=events)
 
     def interrupt(self) -> None:
         """Ask the current run to stop at the next progress tick or node boundary (thread-safe)."""
@@ -137,14 +154,17 @@ def run(
     plugins: Iterable[Any] = (),
     *,
     out_dir: str | Path | None = None,
+    allow_paths: Iterable[str | Path] = (),
+    overwrite: bool = False,
     events: Iterable[Sink] = (),
 ) -> RunResult:
     """Run a workflow (path, dict or :class:`Workflow`) and return its :class:`RunResult`.
 
     Calls with the same ``plugins`` and ``cache_dir`` share one :class:`Engine`, hence one in-memory
-    cache: a second call re-runs only what changed. See :meth:`Engine.run` for the errors raised.
+    cache: a second call re-runs only what changed. See :meth:`Engine.run` for paths and errors.
     """
-    return _shared_engine(plugins, cache_dir).run(workflow, params, outputs, out_dir=out_dir, events=events)
+    return _shared_engine(plugins, cache_dir).run(workflow, params, outputs, out_dir=out_dir,
+                                                  allow_paths=allow_paths, overwrite=overwrite, events=events)
 
 
 def validate(
@@ -152,6 +172,10 @@ def validate(
     params: dict[str, Any] | None = None,
     outputs: Sequence[str] | None = None,
     plugins: Iterable[Any] = (),
+    *,
+    out_dir: str | Path | None = None,
+    allow_paths: Iterable[str | Path] = (),
 ) -> list[Problem]:
     """Every problem in the workflow, located and coded (empty when valid); runs nothing."""
-    return _shared_engine(plugins, None).validate(workflow, params, outputs)
+    return _shared_engine(plugins, None).validate(workflow, params, outputs, out_dir=out_dir,
+                                                  allow_paths=allow_paths)

@@ -28,6 +28,10 @@ def _add_plugin_args(p: argparse.ArgumentParser) -> None:
 def _add_param_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="sets",
                    help="set a workflow parameter (repeatable); json params take JSON text")
+    p.add_argument("--out", default=str(DEFAULT_OUT_DIR), metavar="DIR",
+                   help="folder for relative output paths (default: ./outputs)")
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR", dest="allow_paths",
+                   help="also allow the workflow to read and write under DIR (repeatable)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_param_args(p)
     p.add_argument("--output", action="append", default=None, metavar="NODE[.OUTPUT]",
                    help="run only what this output needs (repeatable; default: all terminal nodes)")
-    p.add_argument("--out", default=str(DEFAULT_OUT_DIR), metavar="DIR",
-                   help="folder for relative output paths (default: ./outputs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let outputs replace existing files (default: write name-1.ext, name-2.ext, ...)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="persist results across runs in DIR")
     p.add_argument("--events", choices=["jsonl"], default=None, help="stream events as JSON lines")
     p.add_argument("--events-file", default=None, metavar="FILE", help="write events there instead of stdout")
@@ -66,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plugin_args(p)
 
     p = sub.add_parser("schema", help="print the JSON Schema of workflows (with every node type)")
+    _add_plugin_args(p)
+
+    p = sub.add_parser("errors", help="list every error code with its cause and fix")
+    p.add_argument("--markdown", action="store_true", help="print docs/errors.md")
     _add_plugin_args(p)
 
     p = sub.add_parser("plugins", help="list plugins, their node types and load errors")
@@ -103,7 +111,8 @@ def _print_problems(problems: list[Problem], as_json: bool, stream: TextIO) -> N
 
 
 def _cmd_validate(args: argparse.Namespace, engine: Engine) -> int:
-    problems = engine.validate(args.workflow, parse_sets(args.sets, args.workflow))
+    problems = engine.validate(args.workflow, parse_sets(args.sets, args.workflow), out_dir=args.out,
+                               allow_paths=args.allow_paths)
     if problems:
         _print_problems(problems, args.json, sys.stdout)
         return EXIT_INVALID
@@ -127,7 +136,7 @@ def _cmd_run(args: argparse.Namespace, engine: Engine) -> int:
     result = None
     try:
         result = engine.run(args.workflow, parse_sets(args.sets, args.workflow), args.output,
-                            out_dir=args.out, events=sinks)
+                            out_dir=args.out, allow_paths=args.allow_paths, overwrite=args.overwrite, events=sinks)
         for name, value in result.outputs.items():
             report.write(f"{name} = {_short(value)}\n")
         return EXIT_OK
@@ -209,7 +218,20 @@ def _cmd_plugins(args: argparse.Namespace, engine: Engine) -> int:
     return EXIT_OK if not any(p.error for p in engine.plugins) and not conflicts else EXIT_INVALID
 
 
+def _cmd_errors(args: argparse.Namespace, engine: Engine) -> int:
+    from .docs import error_reference_markdown
+    from .errors import FIXES, RUNTIME_CODES, VALIDATION_CODES
+
+    if args.markdown:
+        sys.stdout.write(error_reference_markdown())
+    else:
+        for code, cause in {**VALIDATION_CODES, **RUNTIME_CODES}.items():
+            print(f"{code:<20} {cause}\n{'':<20} fix: {FIXES[code]}")
+    return EXIT_OK
+
+
 COMMANDS = {
+    "errors": _cmd_errors,
     "run": _cmd_run,
     "validate": _cmd_validate,
     "graph": _cmd_graph,

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RunInterrupted
+from .errors import NodeInputError, RunInterrupted
+from .paths import PathNotAllowed, Sandbox, unique_path
 
 
 @dataclass
@@ -25,6 +26,8 @@ class RunContext:
     base_dir: Path
     cache_dir: Path | None
     temp_root: Path
+    sandbox: Sandbox | None = None
+    overwrite: bool = False
     _emit_progress: Callable[[int, int, dict[str, Any]], None] = field(repr=False, default=lambda i, n, e: None)
     _interrupt: threading.Event = field(repr=False, default_factory=threading.Event)
 
@@ -50,12 +53,27 @@ class RunContext:
         """Whether an interrupt was requested (for nodes that want to stop on their own terms)."""
         return self._interrupt.is_set()
 
-    def resolve_input(self, path: str | Path) -> Path:
-        """Where an input path given in a workflow points: relative paths resolve against the workflow's folder."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.base_dir / p
+    def resolve_input(self, path: str | Path, input: str | None = None) -> Path:
+        """An input path as the engine resolves workflow paths: relative to the workflow's folder, sandboxed.
 
-    def resolve_output(self, path: str | Path) -> Path:
-        """Where an output path given in a workflow lands: relative paths go under the run's output folder."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else self.out_dir / p
+        Inputs typed ``InputPath`` arrive resolved already; use this for paths a node computes itself.
+        """
+        return self._resolve(path, "input", input)
+
+    def resolve_output(self, path: str | Path, input: str | None = None) -> Path:
+        """An output path resolved like ``OutputPath`` inputs: relative to the output folder, sandboxed."""
+        return self._resolve(path, "output", input)
+
+    def claim_output(self, path: str | Path, input: str | None = None) -> Path:
+        """Where to write an output: ``path`` itself, or a free ``name-N.ext`` beside it when a file is
+        already there and the run was not started with ``overwrite``. Creates the parent folder."""
+        target = self.resolve_output(path, input)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target if self.overwrite else unique_path(target)
+
+    def _resolve(self, path: str | Path, kind: str, input: str | None) -> Path:
+        sandbox = self.sandbox or Sandbox(self.base_dir, self.out_dir)
+        try:
+            return sandbox.resolve(path, kind)  # type: ignore[arg-type]
+        except PathNotAllowed as exc:
+            raise NodeInputError(str(exc), input=input, code="path_not_allowed") from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-#: Every validation code the engine emits, with what it means. Documented in docs/errors.md.
+#: Every validation code the engine emits, with what it means (docs/errors.md is generated from these).
 VALIDATION_CODES: dict[str, str] = {
     "bad_format": "the document does not follow the workflow format (wrong JSON type, missing field, bad link)",
     "unknown_node_type": "no registered node type has this name",
@@ -23,6 +23,8 @@ VALIDATION_CODES: dict[str, str] = {
     "unknown_param": "a parameter is referenced or set but not declared in `params`",
     "missing_param": "a declared parameter has no default and no value was given",
     "unknown_output": "a requested output does not exist",
+    "path_not_allowed": "a file path leaves the allowed folders (workflow folder, output folder, --allow-path)",
+    "too_large": "the frames or latents a node would hold exceed the memory limit (--max-memory)",
 }
 
 
@@ -66,9 +68,37 @@ RUNTIME_CODES: dict[str, str] = {
     "node_failed": "the node raised an unexpected error; the message says which",
     "invalid_value": "an input value was refused once the node could check it (e.g. against the loaded model)",
     "file_not_found": "a file an input names does not exist",
+    "path_not_allowed": "a path computed while running leaves the allowed folders",
     "model_load_failed": "a model source is missing, malformed, or holds weights that would need pickle",
     "video_decode_failed": "a video file does not decode",
     "interrupted": "the run was interrupted; finished results stay cached",
+}
+
+
+#: How to fix each error, by code (for docs/errors.md and messages).
+FIXES: dict[str, str] = {
+    "bad_format": "Follow the format in docs/engine.md; `reelgraph schema` gives a JSON Schema for editors.",
+    "unknown_node_type": "Check the spelling (a close match is suggested) or load the plugin that provides it "
+                         "(`--plugin`, `reelgraph plugins`).",
+    "node_type_conflict": "Uninstall or stop loading one of the two plugins named in the message.",
+    "missing_input": "Give the input a literal, a link or a parameter; `reelgraph nodes` lists required inputs.",
+    "unknown_input": "Remove the input or fix its name (a close match is suggested).",
+    "type_mismatch": "Link an output of the type the input takes, or insert a node that converts it.",
+    "invalid_value": "Use a value within the input's type and constraints (`reelgraph nodes --json` lists them).",
+    "dangling_link": "Link to an existing node id and one of its outputs ('node_id.output').",
+    "cycle": "Break the loop: a node cannot depend on its own output, directly or through others.",
+    "unknown_param": "Declare the parameter under `params`, or fix the name in `--set` / the reference.",
+    "missing_param": "Pass it with `--set name=value` (or `params=` in Python), or give it a default.",
+    "unknown_output": "Request an existing 'node' or 'node.output'.",
+    "path_not_allowed": "Move the file under the workflow's folder or the output folder, or add "
+                        "`--allow-path DIR` (`allow_paths=` in Python) if you trust the workflow.",
+    "too_large": "Lower frames/size, use chunking (`chunk_frames`) or context windows, or raise `--max-memory`.",
+    "node_failed": "Read the message; `--debug` shows the traceback. Results of earlier nodes are cached.",
+    "file_not_found": "Check the path; relative input paths resolve against the workflow file's folder.",
+    "model_load_failed": "Point `source` at a diffusers folder with model_index.json and safetensors weights "
+                         "(convert pickle checkpoints once, from a trusted copy).",
+    "video_decode_failed": "Re-encode the file (e.g. to H.264 mp4) or check that it is a video.",
+    "interrupted": "Run again: finished nodes come from the cache (persisted with `--cache-dir`).",
 }
 
 

@@ -26,6 +26,7 @@ from .context import RunContext
 from .errors import NodeFailed, NodeInputError, ReelgraphError, RunInterrupted
 from .events import Event, Sink
 from .graph import execution_order
+from .paths import Sandbox
 from .validate import Plan, PlannedNode
 
 
@@ -117,7 +118,7 @@ class Executor:
         self.disk = disk
         self.interrupt_flag = threading.Event()
 
-    def run(self, plan: Plan, *, out_dir: Path, base_dir: Path, sinks: Iterable[Sink] = ()) -> RunResult:
+    def run(self, plan: Plan, *, sandbox: Sandbox, overwrite: bool = False, sinks: Iterable[Sink] = ()) -> RunResult:
         """Run the plan's targets; raise :class:`NodeFailed` or :class:`RunInterrupted` on failure.
 
         Either exception carries the partial :class:`RunResult` as ``.result``.
@@ -133,9 +134,9 @@ class Executor:
 
         started = time.perf_counter()
         temp_root = Path(tempfile.mkdtemp(prefix="reelgraph-run-"))
-        contexts = {n: RunContext(n, plan.nodes[n].type.name, out_dir, base_dir,
-                                  self.disk.root if self.disk else None, temp_root, _no_progress,
-                                  self.interrupt_flag) for n in order}
+        contexts = {n: RunContext(n, plan.nodes[n].type.name, sandbox.out_dir, sandbox.base_dir,
+                                  self.disk.root if self.disk else None, temp_root, sandbox, overwrite,
+                                  _no_progress, self.interrupt_flag) for n in order}
         values: dict[str, dict[str, Any]] = {}
         try:
             with _sigint_requests(self.interrupt_flag):

@@ -15,7 +15,8 @@ from typing import Any, get_args, get_origin
 _UNION_ORIGINS = (typing.Union, types.UnionType)
 
 
-def _strip(tp: Any) -> Any:
+def strip_annotated(tp: Any) -> Any:
+    """The type inside any ``Annotated[...]`` wrappers."""
     while get_origin(tp) is typing.Annotated:
         tp = get_args(tp)[0]
     return tp
@@ -23,7 +24,7 @@ def _strip(tp: Any) -> Any:
 
 def type_name(tp: Any) -> str:
     """A short readable name for a type annotation, for messages and docs."""
-    tp = _strip(tp)
+    tp = strip_annotated(tp)
     if tp is Any:
         return "Any"
     if tp is type(None):
@@ -41,7 +42,7 @@ def type_name(tp: Any) -> str:
 
 def is_assignable(src: Any, dst: Any) -> bool:
     """Whether a value typed ``src`` (an output) may flow into an input typed ``dst``."""
-    src, dst = _strip(src), _strip(dst)
+    src, dst = strip_annotated(src), strip_annotated(dst)
     if src is Any or dst is Any or src == dst:
         return True
     s_origin, d_origin = get_origin(src), get_origin(dst)

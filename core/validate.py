@@ -8,8 +8,10 @@ stopping at the first one. A plan with no problems is safe to hand to the execut
 from __future__ import annotations
 
 import difflib
+import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import PurePath
 from typing import Any
 
 import networkx as nx
@@ -18,8 +20,9 @@ from pydantic import TypeAdapter, ValidationError
 from .errors import Problem
 from .graph import build_graph, find_cycles, terminal_nodes
 from .node import REQUIRED, InputPort, NodeType
+from .paths import PathNotAllowed, Sandbox
 from .registry import NodeRegistry
-from .types import is_assignable, type_name
+from .types import is_assignable, strip_annotated, type_name
 from .workflow import PARAM_TYPES, Constant, Link, ParamRef, Workflow, classify_input
 
 _PARAM_ADAPTERS = {name: TypeAdapter(tp) for name, tp in PARAM_TYPES.items()}
@@ -83,13 +86,21 @@ def resolve_params(wf: Workflow, given: dict[str, Any], problems: list[Problem])
     return values
 
 
-def _check_value(node_id: str, port: InputPort, value: Any, what: str, problems: list[Problem]) -> Any:
+def _check_value(node_id: str, port: InputPort, value: Any, what: str, problems: list[Problem],
+                 sandbox: Sandbox | None) -> Any:
     if port.adapter is None:
         problems.append(Problem("invalid_value", f"input takes a {type_name(port.annotation)}, which only a link "
                                 "can supply ({\"from\": \"node.output\"})", node=node_id, input=port.name))
         return REQUIRED
     try:
-        return port.adapter.validate_python(value)
+        checked = port.adapter.validate_python(value)
+        if port.path_role is not None and sandbox is not None:
+            try:
+                checked = sandbox.resolve_value(checked, port.path_role)
+            except PathNotAllowed as exc:
+                problems.append(Problem("path_not_allowed", str(exc), node=node_id, input=port.name))
+                return REQUIRED
+        return checked
     except ValidationError as exc:
         problems.append(Problem("invalid_value", f"{what} {_short(value)} is not a valid "
                                 f"{type_name(port.annotation)}: {_first_error(exc)}", node=node_id, input=port.name))
@@ -110,8 +121,12 @@ def plan_workflow(
     params: dict[str, Any] | None = None,
     outputs: typing.Sequence[str] | None = None,
     problems: list[Problem] | None = None,
+    sandbox: Sandbox | None = None,
 ) -> tuple[Plan, list[Problem]]:
-    """Resolve and check a parsed workflow; return the plan and every problem found (empty when valid)."""
+    """Resolve and check a parsed workflow; return the plan and every problem found (empty when valid).
+
+    With a ``sandbox``, path inputs are resolved and checked against its allowed roots.
+    """
     problems = [] if problems is None else problems
     param_values = resolve_params(wf, dict(params or {}), problems)
     planned: dict[str, PlannedNode] = {}
@@ -143,12 +158,16 @@ def plan_workflow(
             elif isinstance(source, Link):
                 links[input_name] = source
             elif isinstance(source, ParamRef):
-                _plan_param(wf, pn, port, source, param_values, problems)
+                _plan_param(wf, pn, port, source, param_values, problems, sandbox)
             elif isinstance(source, Constant):
-                value = _check_value(node_id, port, source.value, "literal", problems)
+                value = _check_value(node_id, port, source.value, "literal", problems, sandbox)
                 if value is not REQUIRED:
                     pn.values[input_name] = value
         for input_name, port in nt.inputs.items():
+            if input_name not in spec.inputs and port.path_role is not None and not port.required:
+                value = _check_value(node_id, port, port.default, "default", problems, sandbox)
+                if value is not REQUIRED:
+                    pn.values[input_name] = value
             if port.required and input_name not in spec.inputs:
                 problems.append(Problem("missing_input", f"required input {input_name!r} "
                                         f"({type_name(port.annotation)}) is not given", node=node_id, input=input_name))
@@ -169,7 +188,7 @@ def plan_workflow(
 
 
 def _plan_param(wf: Workflow, pn: PlannedNode, port: InputPort, ref: ParamRef,
-                values: dict[str, Any], problems: list[Problem]) -> None:
+                values: dict[str, Any], problems: list[Problem], sandbox: Sandbox | None) -> None:
     spec = wf.params.get(ref.name)
     if spec is None:
         problems.append(Problem("unknown_param", f"parameter {ref.name!r} is not declared in params"
@@ -181,19 +200,19 @@ def _plan_param(wf: Workflow, pn: PlannedNode, port: InputPort, ref: ParamRef,
                                 f"{type_name(port.annotation)}", node=pn.id, input=port.name))
         return
     if ref.name in values:
-        value = _check_value(pn.id, port, values[ref.name], f"parameter {ref.name!r} =", problems)
+        value = _check_value(pn.id, port, values[ref.name], f"parameter {ref.name!r} =", problems, sandbox)
         if value is not REQUIRED:
             pn.values[port.name] = value
 
 
 def _literal_fits(port: InputPort, declared: Any) -> bool:
     """Literal[...] and Path inputs accept str parameters; the value check then decides."""
-    origin = typing.get_origin(port.annotation)
-    if origin is typing.Literal:
-        return all(isinstance(v, declared) for v in typing.get_args(port.annotation))
-    from pathlib import PurePath
-
-    return declared is str and isinstance(port.annotation, type) and issubclass(port.annotation, PurePath)
+    annotation = strip_annotated(port.annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_literal_fits(replace(port, annotation=a), declared) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is typing.Literal:
+        return all(isinstance(v, declared) for v in typing.get_args(annotation))
+    return declared is str and isinstance(annotation, type) and issubclass(annotation, PurePath)
 
 
 def _check_link(wf: Workflow, planned: dict[str, PlannedNode], node_id: str, input_name: str, link: Link,

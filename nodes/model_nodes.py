@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NamedTuple
 
-from reelgraph import NodeInputError, RunContext, node
+from reelgraph import NodeInputError, RunContext, node, path_input
 
 from .model_loading import ModelLoadError, source_fingerprint
 from .model_loading import load_model as _load_model
@@ -20,18 +20,16 @@ class ModelParts(NamedTuple):
     scheduler: Scheduler
 
 
-def _resolve_source(source: str, ctx: RunContext) -> str:
-    return source if source.startswith("builtin:") else str(ctx.resolve_input(source))
+ModelSource = path_input("builtin:")
 
 
 def _model_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
-    return source_fingerprint(_resolve_source(values["source"], ctx))
+    return source_fingerprint(values["source"])
 
 
 @node("load_model", category="models", fingerprint=_model_fingerprint)
 def load_model(
-    ctx: RunContext,
-    source: str = "builtin:tiny",
+    source: ModelSource = "builtin:tiny",
     device: Literal["auto", "cpu", "cuda"] = "auto",
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
 ) -> ModelParts:
@@ -48,7 +46,7 @@ def load_model(
         dtype: the weights' precision; ``float32`` on CPU.
     """
     try:
-        unet, vae, text_encoder, scheduler = _load_model(_resolve_source(source, ctx), device=device, dtype=dtype)
+        unet, vae, text_encoder, scheduler = _load_model(source, device=device, dtype=dtype)
     except ModelLoadError as exc:
         raise NodeInputError(str(exc), input="source", code="model_load_failed") from exc
     return ModelParts(unet, vae, text_encoder, scheduler)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import Field
 
-from reelgraph import NodeInputError, RunContext, node
+from reelgraph import InputPath, NodeInputError, OutputPath, RunContext, node
 
 from .values import Video
 from .video_io import VideoDecodeError, read_video, write_video
@@ -22,7 +22,7 @@ class LoadedVideo(NamedTuple):
 
 
 def _file_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
-    path = ctx.resolve_input(values["path"])
+    path = values["path"]
     try:
         stat = path.stat()
     except OSError:
@@ -36,7 +36,7 @@ def _report(ctx: RunContext) -> Any:
 
 @node("load_video", category="video", fingerprint=_file_fingerprint)
 def load_video(
-    path: str,
+    path: InputPath,
     ctx: RunContext,
     start: Annotated[int, Field(ge=0)] = 0,
     max_frames: Annotated[int, Field(ge=1)] | None = None,
@@ -54,12 +54,11 @@ def load_video(
         height: resize frames to this height (give one of height/width to keep the aspect ratio).
         width: resize frames to this width.
     """
-    resolved = ctx.resolve_input(path)
     try:
-        video = read_video(resolved, start=start, max_frames=max_frames, every_nth=every_nth, height=height,
+        video = read_video(path, start=start, max_frames=max_frames, every_nth=every_nth, height=height,
                            width=width, progress=_report(ctx))
     except FileNotFoundError as exc:
-        raise NodeInputError(f"video file {str(resolved)!r} does not exist", "path", "file_not_found") from exc
+        raise NodeInputError(f"video file {str(path)!r} does not exist", "path", "file_not_found") from exc
     except VideoDecodeError as exc:
         raise NodeInputError(str(exc), input="path", code="video_decode_failed") from exc
     return LoadedVideo(video, video.fps, video.num_frames)
@@ -69,11 +68,14 @@ def load_video(
 def save_video(
     video: Video,
     ctx: RunContext,
-    path: str = "video.mp4",
+    path: OutputPath = Path("video.mp4"),
     fps: Annotated[float, Field(gt=0, le=1000)] | None = None,
     crf: Annotated[int, Field(ge=0, le=51)] = 18,
 ) -> Path:
     """Write frames to ``.mp4`` (H.264, yuv420p) or ``.gif``, atomically: a file appears whole or not at all.
+
+    An existing file is never replaced (unless the run allows overwriting): the video goes to
+    ``name-1.mp4``, ``name-2.mp4``, ... instead, and the ``path`` output says where.
 
     Odd frame sizes are padded to even for yuv420p and cropped back by ``load_video``.
 
@@ -83,8 +85,7 @@ def save_video(
         fps: frames per second (default: the video's own).
         crf: H.264 quality, 0 (lossless) to 51; 18 is visually near-lossless.
     """
-    target = ctx.resolve_output(path)
-    if target.suffix.lower() not in (".mp4", ".gif"):
-        raise NodeInputError(f"cannot write {target.suffix or 'extension-less'} files; use .mp4 or .gif", "path")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() not in (".mp4", ".gif"):
+        raise NodeInputError(f"cannot write {path.suffix or 'extension-less'} files; use .mp4 or .gif", "path")
+    target = ctx.claim_output(path, "path")
     return write_video(video, target, fps=fps, crf=crf, progress=_report(ctx))

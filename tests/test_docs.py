@@ -38,6 +38,20 @@ def test_hook_reelgraph_register_nodes(make_engine) -> None:  # type: ignore[no-
     assert engine.registry.get("t.add") is not None
 
 
-def test_every_validation_code_is_documented() -> None:
-    for code in [*VALIDATION_CODES, *RUNTIME_CODES]:
-        assert f"| `{code}` |" in ENGINE_DOC, code
+def test_error_reference_is_generated_and_complete() -> None:
+    from reelgraph.docs import error_reference_markdown
+    from reelgraph.errors import FIXES
+
+    assert set(FIXES) == set(VALIDATION_CODES) | set(RUNTIME_CODES)
+    assert (ROOT / "docs" / "errors.md").read_text(encoding="utf-8") == error_reference_markdown(), (
+        "regenerate: reelgraph errors --markdown > docs/errors.md")
+    assert "docs/errors.md" in ENGINE_DOC or "(errors.md)" in ENGINE_DOC
+
+
+def test_every_code_used_in_the_code_is_documented() -> None:
+    used: set[str] = set()
+    for folder in ("core", "nodes"):
+        for path in (ROOT / folder).glob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            used |= set(re.findall(r"""(?:Problem\(|code=)\s*["']([a-z_]+)["']""", text))
+    assert used <= set(VALIDATION_CODES) | set(RUNTIME_CODES), used - set(VALIDATION_CODES) - set(RUNTIME_CODES)

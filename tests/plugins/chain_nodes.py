@@ -11,7 +11,7 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field
 
-from reelgraph import RunContext, hookimpl, node
+from reelgraph import OutputPath, RunContext, hookimpl, node, path_input
 
 CALLS: list[str] = []
 
@@ -102,7 +102,29 @@ def to_str(x: float) -> str:
     return f"{x:g}"
 
 
+@node("t.read_file", category="test")
+def read_file(path: path_input("mem:")) -> str:  # type: ignore[valid-type]
+    """Read a text file (or return the rest of a mem: value)."""
+    return path[4:] if path.startswith("mem:") else Path(path).read_text()
+
+
+@node("t.save_text", category="test", side_effects=True, output="path")
+def save_text(text: str, ctx: RunContext, path: OutputPath = Path("out.txt")) -> Path:
+    """Write text without clobbering."""
+    target = ctx.claim_output(path, "path")
+    target.write_text(text)
+    return target
+
+
+@node("t.save_anywhere", category="test", side_effects=True, output="path")
+def save_anywhere(text: str, where: str, ctx: RunContext) -> Path:
+    """A node that computes its own path at run time."""
+    target = ctx.claim_output(where, "where")
+    target.write_text(text)
+    return target
+
+
 @hookimpl
 def reelgraph_register_nodes(registry):  # type: ignore[no-untyped-def]
-    for fn in (add, scale, pair, dog, animal_name, steps, fail, write, to_str):
+    for fn in (add, scale, pair, dog, animal_name, steps, fail, write, to_str, read_file, save_text, save_anywhere):
         registry.add(fn)
