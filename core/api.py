@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .cache import DEFAULT_MEMORY_BYTES, DiskCache, MemoryCache
 from .errors import Problem, WorkflowInvalid
 from .events import Sink
 from .executor import Executor, RunResult
+from .memory import default_limit
 from .paths import Sandbox
 from .registry import ENTRY_POINT_GROUP, NodeRegistry, PluginInfo, PluginSet
 from .validate import Plan, plan_workflow
@@ -113,19 +114,23 @@ class Engine:
         out_dir: str | Path | None = None,
         allow_paths: Iterable[str | Path] = (),
         overwrite: bool = False,
+        max_memory: int | Literal["auto"] | None = "auto",
         events: Iterable[Sink] = (),
     ) -> RunResult:
         """Validate, then run the nodes that ``outputs`` need (all terminal nodes when None).
 
         Paths in the workflow must stay inside its folder, ``out_dir`` (default ``./outputs``) and
-        ``allow_paths``. Output files never replace existing ones unless ``overwrite``.
+        ``allow_paths``. Output files never replace existing ones unless ``overwrite``. Nodes refuse
+        (``too_large``) allocations above ``max_memory`` bytes (``"auto"``: 80 % of available memory;
+        None: no limit).
         Raises :class:`WorkflowInvalid` (nothing ran), :class:`NodeFailed` or :class:`RunInterrupted`
         (finished results stay cached; the partial record is ``exc.result``).
         """
         plan, problems, sandbox = self.check(workflow, params, outputs, out_dir=out_dir, allow_paths=allow_paths)
         if problems or plan is None:
             raise WorkflowInvalid(problems)
-        return self.executor.run(plan, sandbox=sandbox, overwrite=overwrite, sinks=events)
+        limit = default_limit() if max_memory == "auto" else max_memory
+        return self.executor.run(plan, sandbox=sandbox, overwrite=overwrite, max_memory=limit, sinks=events)
 
     def interrupt(self) -> None:
         """Ask the current run to stop at the next progress tick or node boundary (thread-safe)."""
@@ -156,6 +161,7 @@ def run(
     out_dir: str | Path | None = None,
     allow_paths: Iterable[str | Path] = (),
     overwrite: bool = False,
+    max_memory: int | Literal["auto"] | None = "auto",
     events: Iterable[Sink] = (),
 ) -> RunResult:
     """Run a workflow (path, dict or :class:`Workflow`) and return its :class:`RunResult`.
@@ -164,7 +170,8 @@ def run(
     cache: a second call re-runs only what changed. See :meth:`Engine.run` for paths and errors.
     """
     return _shared_engine(plugins, cache_dir).run(workflow, params, outputs, out_dir=out_dir,
-                                                  allow_paths=allow_paths, overwrite=overwrite, events=events)
+                                                  allow_paths=allow_paths, overwrite=overwrite, max_memory=max_memory,
+                                                  events=events)
 
 
 def validate(

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from .api import DEFAULT_OUT_DIR, Engine, read_workflow
 from .errors import NodeFailed, Problem, RunInterrupted, WorkflowInvalid
+from .memory import parse_size
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -34,6 +35,15 @@ def _add_param_args(p: argparse.ArgumentParser) -> None:
                    help="also allow the workflow to read and write under DIR (repeatable)")
 
 
+def _size_arg(text: str) -> int | str | None:
+    if text == "auto":
+        return text
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``reelgraph`` command."""
     parser = argparse.ArgumentParser(prog="reelgraph", description="Run and inspect reelgraph workflows.")
@@ -46,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only what this output needs (repeatable; default: all terminal nodes)")
     p.add_argument("--overwrite", action="store_true",
                    help="let outputs replace existing files (default: write name-1.ext, name-2.ext, ...)")
+    p.add_argument("--max-memory", default="auto", metavar="SIZE", type=_size_arg,
+                   help="refuse (too_large) allocations above SIZE, e.g. 8G; 'off' for no limit "
+                        "(default: 80%% of the memory available at start)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="persist results across runs in DIR")
     p.add_argument("--events", choices=["jsonl"], default=None, help="stream events as JSON lines")
     p.add_argument("--events-file", default=None, metavar="FILE", help="write events there instead of stdout")
@@ -136,7 +149,9 @@ def _cmd_run(args: argparse.Namespace, engine: Engine) -> int:
     result = None
     try:
         result = engine.run(args.workflow, parse_sets(args.sets, args.workflow), args.output,
-                            out_dir=args.out, allow_paths=args.allow_paths, overwrite=args.overwrite, events=sinks)
+                            out_dir=args.out, allow_paths=args.allow_paths, overwrite=args.overwrite,
+                            max_memory=args.max_memory,
+                            events=sinks)
         for name, value in result.outputs.items():
             report.write(f"{name} = {_short(value)}\n")
         return EXIT_OK

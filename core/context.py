@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NodeInputError, RunInterrupted
+from .memory import format_size
 from .paths import PathNotAllowed, Sandbox, unique_path
 
 
@@ -28,6 +29,7 @@ class RunContext:
     temp_root: Path
     sandbox: Sandbox | None = None
     overwrite: bool = False
+    max_memory: int | None = None
     _emit_progress: Callable[[int, int, dict[str, Any]], None] = field(repr=False, default=lambda i, n, e: None)
     _interrupt: threading.Event = field(repr=False, default_factory=threading.Event)
 
@@ -52,6 +54,17 @@ class RunContext:
     def interrupted(self) -> bool:
         """Whether an interrupt was requested (for nodes that want to stop on their own terms)."""
         return self._interrupt.is_set()
+
+    def check_memory(self, nbytes: int, what: str, input: str | None = None) -> None:
+        """Refuse (``too_large``) to allocate ``nbytes`` for ``what`` when that exceeds the run's memory limit.
+
+        Call it before a large allocation, with the input whose value decides its size.
+        """
+        if self.max_memory is not None and nbytes > self.max_memory:
+            raise NodeInputError(
+                f"{what} would need about {format_size(nbytes)}, more than the limit of "
+                f"{format_size(self.max_memory)}; use fewer frames or smaller sizes, chunking (chunk_frames) or "
+                "context windows, or raise --max-memory", input=input, code="too_large")
 
     def resolve_input(self, path: str | Path, input: str | None = None) -> Path:
         """An input path as the engine resolves workflow paths: relative to the workflow's folder, sandboxed.

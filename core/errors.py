@@ -24,7 +24,6 @@ VALIDATION_CODES: dict[str, str] = {
     "missing_param": "a declared parameter has no default and no value was given",
     "unknown_output": "a requested output does not exist",
     "path_not_allowed": "a file path leaves the allowed folders (workflow folder, output folder, --allow-path)",
-    "too_large": "the frames or latents a node would hold exceed the memory limit (--max-memory)",
 }
 
 
@@ -71,6 +70,7 @@ RUNTIME_CODES: dict[str, str] = {
     "path_not_allowed": "a path computed while running leaves the allowed folders",
     "model_load_failed": "a model source is missing, malformed, or holds weights that would need pickle",
     "video_decode_failed": "a video file does not decode",
+    "too_large": "the frames or latents a node was about to allocate exceed the memory limit (--max-memory)",
     "interrupted": "the run was interrupted; finished results stay cached",
 }
 

@@ -118,7 +118,8 @@ class Executor:
         self.disk = disk
         self.interrupt_flag = threading.Event()
 
-    def run(self, plan: Plan, *, sandbox: Sandbox, overwrite: bool = False, sinks: Iterable[Sink] = ()) -> RunResult:
+    def run(self, plan: Plan, *, sandbox: Sandbox, overwrite: bool = False, max_memory: int | None = None,
+            sinks: Iterable[Sink] = ()) -> RunResult:
         """Run the plan's targets; raise :class:`NodeFailed` or :class:`RunInterrupted` on failure.
 
         Either exception carries the partial :class:`RunResult` as ``.result``.
@@ -136,7 +137,7 @@ class Executor:
         temp_root = Path(tempfile.mkdtemp(prefix="reelgraph-run-"))
         contexts = {n: RunContext(n, plan.nodes[n].type.name, sandbox.out_dir, sandbox.base_dir,
                                   self.disk.root if self.disk else None, temp_root, sandbox, overwrite,
-                                  _no_progress, self.interrupt_flag) for n in order}
+                                  max_memory, _no_progress, self.interrupt_flag) for n in order}
         values: dict[str, dict[str, Any]] = {}
         try:
             with _sigint_requests(self.interrupt_flag):

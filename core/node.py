@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import PurePath
 from typing import Any, get_args, get_origin
 
-from pydantic import BaseModel, PydanticSchemaGenerationError, TypeAdapter
+from pydantic import BaseModel, ConfigDict, PydanticSchemaGenerationError, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from .context import RunContext
@@ -47,6 +47,8 @@ class _Missing:
 REQUIRED: Any = _Missing()
 
 
+#: Literals are JSON: NaN and infinities are refused unless an input's Field allows them.
+_LITERAL_CONFIG = ConfigDict(allow_inf_nan=False)
 _CONTAINERS = (list, tuple, dict, set, frozenset, collections.abc.Sequence, collections.abc.Mapping)
 
 
@@ -107,7 +109,7 @@ class InputPort:
         if self.field_info is not None:
             tp = typing.Annotated[tp, self.field_info]
         try:
-            return TypeAdapter(tp)
+            return TypeAdapter(tp, config=_LITERAL_CONFIG)
         except PydanticSchemaGenerationError:
             return None
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import string
 from typing import Annotated, Any
 
 from pydantic import Field
 
-from reelgraph import node
+from reelgraph import NodeInputError, node
 
 
 @node("text", category="basic", output="value")
@@ -38,10 +40,17 @@ def format_text(template: str, values: dict[str, Any] | None = None, value: Any 
     """
     named = dict(values or {})
     named.setdefault("value", value)
+    for _, field, spec, _ in string.Formatter().parse(template):
+        if field is not None and ("{" in (spec or "") or any(len(n) > 4 for n in re.findall(r"\d+", spec or ""))):
+            raise NodeInputError(f"format spec {spec!r} asks for a width or precision of 10,000 or more, "
+                                 "or nests a field", input="template")
+        if field is not None and ("[" in field or "." in field.split("!")[0]):
+            raise NodeInputError(f"field {{{field}}}: only plain names are allowed, not attributes or indexing",
+                                 input="template")
     try:
         return template.format(value, **named)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise ValueError(f"template {template!r} cannot be filled: {exc!r}") from exc
+    except (KeyError, IndexError, ValueError, TypeError) as exc:
+        raise NodeInputError(f"template {template!r} cannot be filled: {exc!r}", input="template") from exc
 
 
 @node("seed", category="basic", output="seed")

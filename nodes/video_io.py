@@ -65,6 +65,19 @@ def _resize(arr: np.ndarray, height: int | None, width: int | None) -> np.ndarra
     return frame.reformat(width=width, height=height, format="rgb24", interpolation=mode).to_ndarray()
 
 
+def _output_size(src_h: int, src_w: int, crop: tuple[int, int] | None, height: int | None,
+                 width: int | None) -> tuple[int, int]:
+    """The frame size ``read_video`` returns for a stream of ``src_h`` x ``src_w`` (crop, then resize)."""
+    h, w = (crop[1], crop[0]) if crop else (src_h, src_w)
+    if height and width:
+        return height, width
+    if height:
+        return height, max(1, round(w * height / h))
+    if width:
+        return max(1, round(h * width / w)), width
+    return h, w
+
+
 def read_video(
     path: str | os.PathLike[str],
     start: int = 0,
@@ -73,6 +86,7 @@ def read_video(
     height: int | None = None,
     width: int | None = None,
     progress: ProgressFn | None = None,
+    reserve: Callable[[int], None] | None = None,
 ) -> Video:
     """Decode a video file into a float32 ``Video`` ``[F, 3, H, W]`` in ``[0, 1]``.
 
@@ -81,6 +95,8 @@ def read_video(
     kept. ``height``/``width`` resize every frame (give one to keep the aspect ratio). The frame rate of the
     result is the stream's average rate divided by ``every_nth``. ``progress(kept, expected)`` is called
     after each kept frame; ``expected`` is an estimate from the container (0 when it is unknown).
+    ``reserve(nbytes)`` is called once before decoding with the estimated memory the frames will take (it
+    may raise to refuse a clip too large to hold).
 
     Raises ``FileNotFoundError`` for a missing file, ``VideoDecodeError`` for one that does not decode, and
     ``ValueError`` for bad arguments or a ``start`` past the last frame.
@@ -123,6 +139,9 @@ def read_video(
         expected = math.ceil(max(total - start, 0) / every_nth) if total else 0
         if max_frames is not None:
             expected = min(expected, max_frames) if expected else max_frames
+        if reserve is not None and expected:
+            out_h, out_w = _output_size(stream.height, stream.width, crop, height, width)
+            reserve(expected * out_h * out_w * 3 * 5)  # uint8 frames while decoding + the float32 result
         try:
             for frame in container.decode(stream):
                 index = decoded

@@ -56,7 +56,8 @@ def load_video(
     """
     try:
         video = read_video(path, start=start, max_frames=max_frames, every_nth=every_nth, height=height,
-                           width=width, progress=_report(ctx))
+                           width=width, progress=_report(ctx),
+                           reserve=lambda nbytes: ctx.check_memory(nbytes, "decoding this clip", input="max_frames"))
     except FileNotFoundError as exc:
         raise NodeInputError(f"video file {str(path)!r} does not exist", "path", "file_not_found") from exc
     except VideoDecodeError as exc:

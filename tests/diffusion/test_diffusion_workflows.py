@@ -167,3 +167,12 @@ def test_validation_catches_bad_literals_before_loading(engine: Engine) -> None:
     problems = engine.validate(T2V, {"steps": 0, "guidance_scale": -1})
     assert [(p.code, p.node, p.input) for p in problems] == [
         ("invalid_value", "sample", "steps"), ("invalid_value", "sample", "guidance_scale")]
+
+
+def test_too_large_clip_is_refused_before_decoding(engine: Engine, tmp_path: Path) -> None:
+    with pytest.raises(NodeFailed) as info:
+        engine.run(EDIT, FAST, out_dir=tmp_path, max_memory=10_000)
+    err = info.value
+    assert (err.code, err.node, err.input) == ("too_large", "clip", "max_frames")
+    assert "more than the limit of 9.8 KiB" in err.message
+    assert err.result.ran == ["model"]  # the clip was refused before decoding; nothing after it ran
