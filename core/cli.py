@@ -10,11 +10,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
 from .api import DEFAULT_OUT_DIR, Engine, read_workflow
 from .errors import NodeFailed, Problem, RunInterrupted, WorkflowInvalid
+from .files import atomic_write_text
 from .memory import parse_size
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -175,7 +175,7 @@ def _cmd_run(args: argparse.Namespace, engine: Engine) -> int:
         if events_stream is not None:
             events_stream.close()
         if args.record and result is not None:
-            Path(args.record).write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
+            atomic_write_text(args.record, json.dumps(result.to_dict(), indent=2, default=str))
 
 
 def _short(value: Any) -> str:

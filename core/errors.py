@@ -123,15 +123,17 @@ class NodeFailed(ReelgraphError):
     """
 
     def __init__(self, node: str, node_type: str, message: str, result: object | None = None,
-                 code: str = "node_failed", input: str | None = None) -> None:
+                 code: str = "node_failed", input: str | None = None, plugin: str | None = None) -> None:
         self.node = node
         self.node_type = node_type
         self.message = message
         self.result = result
         self.code = code
         self.input = input
+        self.plugin = plugin
         where = f", input {input!r}" if input else ""
-        super().__init__(f"{code}: node {node!r} ({node_type}{where}): {message}")
+        origin = f" from plugin {plugin}" if plugin and plugin != "builtin" else ""
+        super().__init__(f"{code}: node {node!r} ({node_type}{origin}{where}): {message}")
 
 
 class RunInterrupted(ReelgraphError):

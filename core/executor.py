@@ -225,8 +225,8 @@ class Executor:
         if isinstance(exc, NodeInputError):
             code, input_name = exc.code, exc.input
         emit(Event("node_failed", result.run_id, node=pn.id, node_type=pn.type.name, seconds=seconds,
-                   message=message, extra={"code": code, "input": input_name}))
-        return NodeFailed(pn.id, pn.type.name, message, code=code, input=input_name)
+                   message=message, extra={"code": code, "input": input_name, "plugin": pn.type.plugin}))
+        return NodeFailed(pn.id, pn.type.name, message, code=code, input=input_name, plugin=pn.type.plugin)
 
     def _run_node(self, pn: PlannedNode, values: dict[str, dict[str, Any]], key: str, ctx: RunContext,
                   result: RunResult, emit: Sink) -> dict[str, Any]:

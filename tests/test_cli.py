@@ -64,7 +64,8 @@ def test_run_failure_exit_3_without_traceback(tmp_path: Path) -> None:
     doc = write(tmp_path / "f.json", wf({"f": {"type": "t.fail", "inputs": {"x": 1, "message": "no frames"}}}))
     proc = cli("run", doc, "--quiet", "--plugin", TEST_PLUGIN, cwd=tmp_path)
     assert proc.returncode == 3
-    assert proc.stderr.strip() == "error: node_failed: node 'f' (t.fail): RuntimeError: no frames"
+    assert proc.stderr.strip() == (f"error: node_failed: node 'f' (t.fail from plugin {TEST_PLUGIN}): "
+                                   "RuntimeError: no frames")
     debug = cli("run", doc, "--quiet", "--debug", "--plugin", TEST_PLUGIN, cwd=tmp_path)
     assert "Traceback" in debug.stderr
 
