@@ -1,10 +1,15 @@
-"""The workflow as a networkx DAG: edges from links, cycles, and the subgraph the outputs need."""
+"""The workflow as a networkx DAG: edges from links, cycles, and the subgraph the outputs need.
+
+networkx is imported on first use, so commands that never build a graph (``nodes``, ``schema``) start fast.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 from .workflow import Link
 
@@ -14,6 +19,8 @@ def build_graph(order: list[str], links: Mapping[str, Mapping[str, Link]]) -> nx
 
     Each edge ``src -> dst`` carries ``ports``: the list of ``(output, input)`` pairs it stands for.
     """
+    import networkx as nx
+
     g = nx.DiGraph()
     for i, node_id in enumerate(order):
         g.add_node(node_id, index=i)
@@ -28,6 +35,8 @@ def build_graph(order: list[str], links: Mapping[str, Mapping[str, Link]]) -> nx
 
 def find_cycles(g: nx.DiGraph) -> list[list[str]]:
     """One cycle per strongly connected knot of the graph, each as the node ids along it."""
+    import networkx as nx
+
     cycles = []
     for component in nx.strongly_connected_components(g):
         first = min(component, key=lambda n: g.nodes[n]["index"])
@@ -47,6 +56,8 @@ def terminal_nodes(g: nx.DiGraph) -> list[str]:
 
 def execution_order(g: nx.DiGraph, targets: Iterable[str]) -> list[str]:
     """The nodes the targets need (themselves and their ancestors), in a stable topological order."""
+    import networkx as nx
+
     needed: set[str] = set()
     for t in targets:
         if t not in needed:

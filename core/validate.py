@@ -12,9 +12,8 @@ import types
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 from pydantic import TypeAdapter, ValidationError
 
 from .errors import Problem
@@ -24,6 +23,9 @@ from .paths import PathNotAllowed, Sandbox
 from .registry import NodeRegistry
 from .types import is_assignable, strip_annotated, type_name
 from .workflow import PARAM_TYPES, Constant, Link, ParamRef, Workflow, classify_input
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 _PARAM_ADAPTERS = {name: TypeAdapter(tp) for name, tp in PARAM_TYPES.items()}
 
