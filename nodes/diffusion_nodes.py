@@ -46,25 +46,40 @@ def clip_text_encode(text_encoder: TextEncoder, prompt: str, negative_prompt: st
 
 
 @node("vae_encode", category="latents", output="latents")
-def vae_encode(vae: VAE, video: Video, ctx: RunContext, chunk_frames: ChunkFrames = 8) -> Latents:
+def vae_encode(vae: VAE, video: Video, ctx: RunContext, chunk_frames: ChunkFrames = 8,
+               tile_size: Annotated[int, Field(ge=8, le=16384)] | None = None,
+               tile_overlap: Annotated[int, Field(ge=0, le=16384)] = 32) -> Latents:
     """Encode frames into scaled latents ``[1, C, F, h, w]`` (the posterior mean), a chunk of frames at a time.
 
     Args:
         vae: the model's VAE.
         video: frames whose height and width divide by the VAE factor.
         chunk_frames: frames per VAE call; peak memory depends on this, not on the clip's length.
+        tile_size: encode in spatial tiles of this many pixels (a multiple of the VAE factor) so memory stays
+            bounded for large frames; empty encodes whole frames. Tiling approximates the untiled result.
+        tile_overlap: pixels shared by neighbouring tiles and cross-faded (a multiple of the VAE factor).
     """
     factor = vae.scale_factor
     for name, value in (("height", video.height), ("width", video.width)):
         if value % factor:
             raise NodeInputError(f"the video's {name} {value} is not divisible by the VAE factor {factor}; "
                                  "resize it with load_video's height/width", input="video")
-    return sampling.vae_encode(vae, video, chunk_frames=chunk_frames, progress=_report(ctx))
+    if tile_size is None:
+        return sampling.vae_encode(vae, video, chunk_frames=chunk_frames, progress=_report(ctx))
+    from .vae_tiling import TilingError, tiled_vae_encode
+
+    try:
+        return tiled_vae_encode(vae, video, tile_size, tile_overlap, chunk_frames=chunk_frames,
+                                progress=_report(ctx))
+    except TilingError as exc:
+        raise NodeInputError(str(exc), input=exc.input) from exc
 
 
 @node("vae_decode", category="latents", output="video")
 def vae_decode(vae: VAE, latents: Latents, ctx: RunContext, chunk_frames: ChunkFrames = 8,
-               fps: Annotated[float, Field(gt=0, le=1000)] = 8.0) -> Video:
+               fps: Annotated[float, Field(gt=0, le=1000)] = 8.0,
+               tile_size: Annotated[int, Field(ge=8, le=16384)] | None = None,
+               tile_overlap: Annotated[int, Field(ge=0, le=16384)] = 32) -> Video:
     """Decode scaled latents into frames in [0, 1], a chunk of frames at a time.
 
     Args:
@@ -72,8 +87,21 @@ def vae_decode(vae: VAE, latents: Latents, ctx: RunContext, chunk_frames: ChunkF
         latents: ``[1, C, F, h, w]`` latents, e.g. from ``unet3d_denoise``.
         chunk_frames: frames per VAE call; peak memory depends on this, not on the clip's length.
         fps: the frame rate stamped on the video (latents carry none).
+        tile_size: decode in spatial tiles of this many output pixels (a multiple of the VAE factor) so
+            memory is bounded by the tile, not the frame; empty decodes whole frames. Tiling approximates
+            the untiled result (the VAE's normalisation sees one tile at a time).
+        tile_overlap: output pixels shared by neighbouring tiles and cross-faded (a multiple of the VAE
+            factor); about a quarter of ``tile_size`` hides the seams.
     """
-    return sampling.vae_decode(vae, latents, chunk_frames=chunk_frames, fps=fps, progress=_report(ctx))
+    if tile_size is None:
+        return sampling.vae_decode(vae, latents, chunk_frames=chunk_frames, fps=fps, progress=_report(ctx))
+    from .vae_tiling import TilingError, tiled_vae_decode
+
+    try:
+        return tiled_vae_decode(vae, latents, tile_size, tile_overlap, chunk_frames=chunk_frames, fps=fps,
+                                progress=_report(ctx))
+    except TilingError as exc:
+        raise NodeInputError(str(exc), input=exc.input) from exc
 
 
 @node("unet3d_denoise", category="sampling", output="latents")
@@ -102,7 +130,8 @@ def unet3d_denoise(
     Args:
         unet: the model's UNet3D.
         scheduler: the model's scheduler configuration.
-        conditioning: from ``clip_text_encode``.
+        conditioning: from ``clip_text_encode``, optionally carrying ControlNet controls
+            (``controlnet_condition``), applied to both guidance halves.
         frames: number of frames (ignored when ``noise`` or ``latents`` is given).
         height: frame height in pixels, a multiple of the VAE factor (default: the model's sample size).
         width: frame width in pixels, a multiple of the VAE factor (default: the model's sample size).
@@ -124,13 +153,18 @@ def unet3d_denoise(
     elif height is None or width is None:
         size = unet.module.config.sample_size * unet.vae_scale_factor
         height, width = height or size, width or size
-    tensor = sampling.denoise(
-        unet, scheduler, conditioning, frames=frames, height=height, width=width, steps=steps,
-        guidance_scale=guidance_scale, seed=seed, eta=eta,
-        scheduler_type=None if scheduler_type == "default" else scheduler_type,
-        noise=noise.tensor if noise is not None else None, latents=latents, strength=strength,
-        progress=_report(ctx),
-    )
+    from .controlnet import ControlError
+
+    try:
+        tensor = sampling.denoise(
+            unet, scheduler, conditioning, frames=frames, height=height, width=width, steps=steps,
+            guidance_scale=guidance_scale, seed=seed, eta=eta,
+            scheduler_type=None if scheduler_type == "default" else scheduler_type,
+            noise=noise.tensor if noise is not None else None, latents=latents, strength=strength,
+            progress=_report(ctx),
+        )
+    except ControlError as exc:
+        raise NodeInputError(str(exc), input="conditioning") from exc
     return Latents(tensor)
 
 
@@ -156,6 +190,11 @@ def ddim_invert(
         steps: inversion steps.
         guidance_scale: classifier-free guidance during inversion; 1 (off) inverts most faithfully.
     """
-    tensor = sampling.ddim_invert(unet, scheduler, conditioning, latents, steps=steps,
-                                  guidance_scale=guidance_scale, progress=_report(ctx))
+    from .controlnet import ControlError
+
+    try:
+        tensor = sampling.ddim_invert(unet, scheduler, conditioning, latents, steps=steps,
+                                      guidance_scale=guidance_scale, progress=_report(ctx))
+    except ControlError as exc:
+        raise NodeInputError(str(exc), input="conditioning") from exc
     return Latents(tensor)

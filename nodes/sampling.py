@@ -12,6 +12,8 @@ Conventions:
 * Latents are ``[B, C, F, h, w]`` and already multiplied by the VAE's ``scaling_factor``.
 * Random numbers always come from a CPU ``torch.Generator`` seeded with ``seed`` and are moved to the
   model's device afterwards, so a seed gives the same noise on every device.
+* ControlNet controls carried by the ``Conditioning`` are applied by ``denoise`` and ``ddim_invert`` (see
+  :mod:`reelgraph.nodes.controlnet`); without controls the loops are exactly the pipelines'.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .controlnet import PreparedControls, prepare_controls
 from .values import VAE, Conditioning, Latents, Scheduler, TextEncoder, UNet3D, Video
 
 if TYPE_CHECKING:
@@ -115,14 +118,23 @@ def _guidance_embeds(
 
 def _predict(
     module: Any, x: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor, do_cfg: bool, guidance_scale: float,
-    scheduler: Any,
+    scheduler: Any, controls: PreparedControls | None = None, step: int = 0, total: int = 1,
 ) -> torch.Tensor:
-    """One UNet evaluation with optional classifier-free guidance, as the pipelines do it."""
+    """One UNet evaluation with optional classifier-free guidance, as the pipelines do it.
+
+    ``controls`` active at ``step`` of ``total`` add their ControlNet residuals to both guidance halves, as
+    diffusers' AnimateDiff ControlNet pipeline does; when none is active the call is the plain one.
+    """
     import torch
 
     model_input = torch.cat([x] * 2) if do_cfg else x
     model_input = scheduler.scale_model_input(model_input, t)
-    pred = module(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    residuals = controls.residuals(model_input, t, step, total) if controls else None
+    if residuals is None:
+        pred = module(model_input, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    else:
+        pred = module(model_input, t, encoder_hidden_states=embeds, down_block_additional_residuals=residuals[0],
+                      mid_block_additional_residual=residuals[1], return_dict=False)[0]
     if do_cfg:
         uncond, cond = pred.chunk(2)
         pred = uncond + guidance_scale * (cond - uncond)
@@ -208,6 +220,10 @@ def denoise(
     ``scheduler_type`` picks ``"ddim"``, ``"dpm++"`` or ``"euler"`` built from the model's scheduler config,
     or the model's own scheduler (``None``); a fresh scheduler is built for every call. ``eta`` only
     affects DDIM. ``progress(done, total)`` is called after every step.
+
+    The conditioning's ControlNet controls steer the steps in their ``start``/``end`` window, counted over
+    the steps this call runs (as the diffusers ControlNet pipelines count them); a ControlNet that does not
+    fit the UNet3D, or control frames that do not fit the video, raise ``ControlError`` before any step.
     """
     import torch
 
@@ -226,11 +242,14 @@ def denoise(
     if noise is not None and tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
 
+    b, _, f, lat_h, lat_w = shape
+    factor = int(unet.vae_scale_factor)
+    controls = prepare_controls(conditioning, unet, embeds, f, lat_h * factor, lat_w * factor)
+
     sched = scheduler.create(scheduler_type)
     sched.set_timesteps(steps, device=device)
     timesteps = sched.timesteps
     generator = torch.Generator("cpu").manual_seed(int(seed))
-    b, _, f, _, _ = shape
 
     with torch.no_grad():
         if init is None:
@@ -263,7 +282,7 @@ def denoise(
 
         total = len(timesteps)
         for i, t in enumerate(timesteps):
-            pred = _predict(module, x, t, embeds, do_cfg, guidance_scale, sched)
+            pred = _predict(module, x, t, embeds, do_cfg, guidance_scale, sched, controls, i, total)
             stepped = sched.step(_to_frames_batch(pred), t, _to_frames_batch(x), **step_kwargs).prev_sample
             x = _from_frames_batch(stepped, b, f)
             if progress is not None:
@@ -287,6 +306,10 @@ def ddim_invert(
     config does not say, because the inverse scheduler's own default clips latents to [-1, 1]. The result is
     meant as ``noise`` for ``denoise`` with a DDIM scheduler (whose ``init_noise_sigma`` is 1) and the same
     ``steps``; the round trip is exact only when the UNet's prediction barely depends on its input.
+
+    ControlNet controls in the conditioning apply as in ``denoise``, with inversion step ``i`` of ``n``
+    counted as denoising step ``n - 1 - i`` (the one at the same noise level), so a ``start``/``end``
+    window covers the same noise levels in the inversion as in the denoising it mirrors.
     """
     import torch
     from diffusers import DDIMInverseScheduler
@@ -297,8 +320,10 @@ def ddim_invert(
     device, dtype = _module_device_dtype(module)
     x = latents.tensor if isinstance(latents, Latents) else latents
     batch = int(conditioning.prompt_embeds.shape[0])
-    _latent_shape(unet, batch, None, None, None, x)
+    _, _, frames, lat_h, lat_w = _latent_shape(unet, batch, None, None, None, x)
     embeds, do_cfg = _guidance_embeds(conditioning, guidance_scale, device, dtype)
+    factor = int(unet.vae_scale_factor)
+    controls = prepare_controls(conditioning, unet, embeds, frames, lat_h * factor, lat_w * factor)
     config = dict(scheduler.config)
     inverse = DDIMInverseScheduler.from_config(config, clip_sample=config.get("clip_sample", False))
     inverse.set_timesteps(steps, device=device)
@@ -306,7 +331,7 @@ def ddim_invert(
     total = len(inverse.timesteps)
     with torch.no_grad():
         for i, t in enumerate(inverse.timesteps):
-            pred = _predict(module, x, t, embeds, do_cfg, guidance_scale, inverse)
+            pred = _predict(module, x, t, embeds, do_cfg, guidance_scale, inverse, controls, total - 1 - i, total)
             x = inverse.step(pred, t, x).prev_sample
             if progress is not None:
                 progress(i + 1, total)

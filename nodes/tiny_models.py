@@ -12,6 +12,15 @@ noise: it exists to exercise code paths, not to make pictures.
 
 The folder is written into a temporary sibling directory and renamed into place, so a crash or a
 concurrent writer never leaves a half-written ``tiny-v1``.
+
+Two companions line up with that UNet3D and are built the same way, each from its own seed (building them
+never touches ``tiny-v1``):
+
+* ``builtin:tiny`` for ``load_controlnet``: a 2D ``ControlNetModel`` (``tiny-controlnet-v1``) whose
+  residuals match the UNet3D's blocks and whose conditioning embedding downscales by the VAE's 4. Its
+  output convolutions are random, not zero, so it visibly steers the tiny model.
+* ``builtin:tiny-lora`` for ``load_lora``: a rank-4 kohya-format LoRA file (``tiny-lora-v1.safetensors``)
+  on the UNet3D's spatial, temporal and ``transformer_in`` attention projections and the text encoder's.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import shutil
 import threading
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +40,15 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "TINY_CONTROLNET_NAME",
+    "TINY_CONTROLNET_SOURCE",
+    "TINY_LORA_NAME",
+    "TINY_LORA_SOURCE",
     "TINY_NAME",
     "TINY_SOURCE",
     "build_tiny_tokenizer_files",
+    "ensure_tiny_controlnet",
+    "ensure_tiny_lora",
     "ensure_tiny_model",
     "reelgraph_home",
     "tiny_model_dir",
@@ -44,6 +60,19 @@ TINY_SOURCE = "builtin:tiny"
 TINY_NAME = "tiny-v1"
 
 _SEED = 20240607
+
+#: The source id ``load_controlnet`` resolves to the tiny ControlNet folder.
+TINY_CONTROLNET_SOURCE = "builtin:tiny"
+#: Folder name of the tiny ControlNet; bump the version whenever its config or seed changes.
+TINY_CONTROLNET_NAME = "tiny-controlnet-v1"
+#: The source id ``load_lora`` resolves to the tiny LoRA file.
+TINY_LORA_SOURCE = "builtin:tiny-lora"
+#: File stem of the tiny LoRA; bump the version whenever its targets, rank, alpha or seed change.
+TINY_LORA_NAME = "tiny-lora-v1"
+_CONTROLNET_SEED = 20240711
+_LORA_SEED = 20240712
+_LORA_RANK = 4
+_LORA_ALPHA = 2.0
 _build_lock = threading.Lock()
 _MAX_LENGTH = 77
 _NUM_MERGES = 240
@@ -76,6 +105,21 @@ _UNET_CONFIG: dict[str, Any] = {
     "norm_num_groups": 8,
     "cross_attention_dim": 32,
     "attention_head_dim": 4,
+}
+
+# ControlNet lined up with _UNET_CONFIG: same block channels, layers, heads and cross-attention width, so
+# its down/mid residuals have the UNet3D's shapes; three embedding blocks downscale control images by 4,
+# the tiny VAE's factor.
+_CONTROLNET_CONFIG: dict[str, Any] = {
+    "in_channels": 4,
+    "conditioning_channels": 3,
+    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+    "block_out_channels": [16, 32],
+    "layers_per_block": 1,
+    "norm_num_groups": 8,
+    "cross_attention_dim": 32,
+    "attention_head_dim": 4,
+    "conditioning_embedding_out_channels": [8, 16, 16],
 }
 
 _VAE_CONFIG: dict[str, Any] = {
@@ -267,6 +311,34 @@ def _write_tiny_model(folder: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
+def _build_once(target: Path, complete: Path, write: Callable[[Path], None]) -> Path:
+    """Return ``target``, first building it with ``write(tmp)`` into a unique temporary sibling and renaming
+    it into place when ``complete`` (a file inside it, or ``target`` itself) is missing. If another process
+    wins the race, its complete result is kept and ours is discarded, so readers never see a partial one."""
+    if complete.is_file():
+        return target
+    with _build_lock:  # threads of this process build once; other processes race on the rename
+        if complete.is_file():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            write(tmp)
+            try:
+                os.rename(tmp, target)
+            except OSError as exc:
+                # Another process renamed a complete result into place first: keep theirs.
+                if not complete.is_file():
+                    raise OSError(f"cannot move {target.name} into {target}: it exists but is not complete; "
+                                  "delete it and retry") from exc
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            elif tmp.exists():
+                tmp.unlink()
+    return target
+
+
 def ensure_tiny_model() -> Path:
     """Return the tiny model folder, building it first if it is missing.
 
@@ -275,23 +347,67 @@ def ensure_tiny_model() -> Path:
     folder.
     """
     target = tiny_model_dir()
-    if (target / "model_index.json").is_file():
-        return target
-    with _build_lock:  # threads of this process build once; other processes race on the rename
-        if (target / "model_index.json").is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{TINY_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            _write_tiny_model(tmp)
-            try:
-                os.rename(tmp, target)
-            except OSError as exc:
-                # Another process renamed a complete folder into place first: keep theirs.
-                if not (target / "model_index.json").is_file():
-                    raise OSError(f"cannot move the tiny model into {target}: it exists but is not a "
-                                  "complete model folder; delete it and retry") from exc
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _build_once(target, target / "model_index.json", _write_tiny_model)
+
+
+def _write_tiny_controlnet(folder: Path) -> None:
+    """Build the tiny ControlNet from its config and seed and save it under ``folder`` (diffusers layout)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    from .model_loading import quiet_hf_libraries
+
+    quiet_hf_libraries()
+    model = ControlNetModel(**_CONTROLNET_CONFIG)
+    _seeded_init(model, torch.Generator("cpu").manual_seed(_CONTROLNET_SEED))
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def ensure_tiny_controlnet() -> Path:
+    """Return the folder of the tiny ControlNet (``builtin:tiny`` for ``load_controlnet``), building it first
+    if it is missing; written atomically like the tiny model."""
+    target = reelgraph_home() / "models" / TINY_CONTROLNET_NAME
+    return _build_once(target, target / "config.json", _write_tiny_controlnet)
+
+
+def _lora_targets() -> dict[str, tuple[str, tuple[int, int]]]:
+    """Kohya module key -> (module name, (out, in)) for every attention projection the tiny LoRA adapts."""
+    from diffusers import UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet3DConditionModel(**_UNET_CONFIG)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=300, bos_token_id=0, eos_token_id=1, pad_token_id=1, **_TEXT_CONFIG))
+    projections = ("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")
+    targets: dict[str, tuple[str, tuple[int, int]]] = {}
+    for prefix, model in (("lora_unet_", unet), ("lora_te_text_model_", text)):
+        for name, module in model.named_modules():
+            if name.endswith(projections) and hasattr(module, "in_features"):
+                shape = (int(module.out_features), int(module.in_features))
+                targets[prefix + name.replace(".", "_")] = (name, shape)
+    return targets
+
+
+def _write_tiny_lora(path: Path) -> None:
+    """Draw the tiny LoRA's down/up matrices from its seed and save them, kohya style, to ``path``."""
+    import torch
+    from safetensors.torch import save_file
+
+    generator = torch.Generator("cpu").manual_seed(_LORA_SEED)
+    tensors: dict[str, torch.Tensor] = {}
+    for key, (_, (out_features, in_features)) in sorted(_lora_targets().items()):
+        down = torch.randn(_LORA_RANK, in_features, generator=generator) * in_features**-0.5
+        up = torch.randn(out_features, _LORA_RANK, generator=generator) * 0.5
+        tensors[f"{key}.lora_down.weight"] = down
+        tensors[f"{key}.lora_up.weight"] = up
+        tensors[f"{key}.alpha"] = torch.tensor(_LORA_ALPHA)
+    save_file(tensors, str(path), metadata={"format": "pt", "reelgraph": TINY_LORA_NAME})
+
+
+def ensure_tiny_lora() -> Path:
+    """Return the tiny LoRA file (``builtin:tiny-lora`` for ``load_lora``), writing it first if it is missing.
+
+    Deterministic: the same seed gives the same file on every machine, so workflows and tests that use it
+    are reproducible without shipping a binary.
+    """
+    target = reelgraph_home() / "models" / f"{TINY_LORA_NAME}.safetensors"
+    return _build_once(target, target, _write_tiny_lora)

@@ -6,8 +6,9 @@ attributes (``ndim``, ``shape``), and torch is imported lazily where a method re
 
 ``Video``, ``Latents`` and ``Conditioning`` implement the engine's persistence protocol
 (``__reelgraph_state__`` / ``__reelgraph_restore__``): a dict of tensors plus JSON-able metadata. Model
-handles (``UNet3D``, ``VAE``, ``TextEncoder``, ``Scheduler``) wrap loaded modules and are not persisted;
-they are reloaded from their ``source`` instead.
+handles (``UNet3D``, ``VAE``, ``TextEncoder``, ``Scheduler``, ``ControlNet``) wrap loaded modules and are
+not persisted; they are reloaded from their ``source`` instead. A ``Conditioning`` that carries ControlNet
+controls holds such a handle, so it opts out of disk persistence (see ``Conditioning.__reelgraph_state__``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ __all__ = [
     "SCHEDULER_TYPES",
     "VAE",
     "Conditioning",
+    "Control",
+    "ControlNet",
     "Latents",
     "Scheduler",
     "TextEncoder",
@@ -123,8 +126,66 @@ class Latents:
 
 
 @dataclass(eq=False)
+class ControlNet:
+    """Handle on a loaded 2D ``ControlNetModel`` and the id of the source it came from.
+
+    The same module steers every frame: samplers run it on the frames folded into the batch.
+    """
+
+    module: Any
+    source: str
+
+    @property
+    def conditioning_channels(self) -> int:
+        """Channels of the control images the model takes (3 for RGB edge, depth and pose maps)."""
+        return int(self.module.config.conditioning_channels)
+
+    @property
+    def cross_attention_dim(self) -> int:
+        """Width of the text embeddings the model attends to; must match the conditioning's."""
+        return int(self.module.config.cross_attention_dim)
+
+    def __repr__(self) -> str:
+        """Name the source, not the module tree."""
+        return f"ControlNet(source={self.source!r})"
+
+
+@dataclass(eq=False, frozen=True)
+class Control:
+    """One ControlNet steering a generation: the model, its control frames and when and how hard it acts.
+
+    ``frames`` are ``[F, C, H, W]`` in ``[0, 1]``: one per generated frame, or a single frame used for
+    every frame. ``scale`` multiplies the residuals; the control acts on the steps whose position ``i`` in
+    a schedule of ``n`` steps satisfies ``start <= i / n`` and ``(i + 1) / n <= end`` (diffusers'
+    ``control_guidance_start``/``end``).
+    """
+
+    controlnet: ControlNet
+    frames: Tensor
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        """Validate the frames' layout and the window where the mistake was made."""
+        _check_ndim("Control.frames", self.frames, 4, "[F, C, H, W]")
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise ValueError(f"Control needs 0 <= start < end <= 1, got start={self.start}, end={self.end}")
+
+    def active(self, step: int, total: int) -> bool:
+        """Whether the control acts on step ``step`` of ``total`` (the pipelines' ``controlnet_keep``)."""
+        return not (step / total < self.start or (step + 1) / total > self.end)
+
+    def __repr__(self) -> str:
+        """Name the model and show the frames' shape and the settings."""
+        return (f"Control({self.controlnet!r}, frames={tuple(self.frames.shape)}, scale={self.scale:g}, "
+                f"start={self.start:g}, end={self.end:g})")
+
+
+@dataclass(eq=False)
 class Conditioning:
-    """Text conditioning for the UNet: ``prompt_embeds`` ``[B, L, D]`` and optional ``negative_embeds``.
+    """Text conditioning for the UNet: ``prompt_embeds`` ``[B, L, D]`` and optional ``negative_embeds``,
+    plus the ControlNet ``controls`` that steer the generation (applied in order, residuals summed).
 
     ``negative_embeds`` is ``None`` when the conditioning was encoded for guidance scale <= 1, in which case
     classifier-free guidance cannot be used with it.
@@ -132,6 +193,7 @@ class Conditioning:
 
     prompt_embeds: Tensor
     negative_embeds: Tensor | None = None
+    controls: tuple[Control, ...] = ()
 
     def __post_init__(self) -> None:
         """Validate that both embeddings agree in shape."""
@@ -143,22 +205,39 @@ class Conditioning:
                     f"Conditioning.negative_embeds shape {tuple(self.negative_embeds.shape)} differs from "
                     f"prompt_embeds shape {tuple(self.prompt_embeds.shape)}"
                 )
+        self.controls = tuple(self.controls)
+        for control in self.controls:
+            if not isinstance(control, Control):
+                raise ValueError(f"Conditioning.controls must hold Control values, got {type(control).__name__}")
+
+    def with_control(self, control: Control) -> Conditioning:
+        """A new conditioning with ``control`` appended; this one is left unchanged (values are shared)."""
+        return Conditioning(self.prompt_embeds, self.negative_embeds, (*self.controls, control))
 
     def __repr__(self) -> str:
         """Show shapes only."""
         neg = None if self.negative_embeds is None else tuple(self.negative_embeds.shape)
-        return f"Conditioning(prompt_embeds={tuple(self.prompt_embeds.shape)}, negative_embeds={neg})"
+        text = f"Conditioning(prompt_embeds={tuple(self.prompt_embeds.shape)}, negative_embeds={neg}"
+        return text + (f", controls={len(self.controls)})" if self.controls else ")")
 
-    def __reelgraph_state__(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Persistence protocol: one or two embedding tensors; the metadata says which."""
+    def __reelgraph_state__(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Persistence protocol: one or two embedding tensors; the metadata says which.
+
+        A conditioning with controls holds loaded ControlNet modules, which are never written to disk. Its
+        state then carries the controls themselves as metadata, which is not JSON, and the disk cache
+        keeps such a value in memory only (the denoised latents downstream still persist).
+        """
         tensors = {"prompt_embeds": self.prompt_embeds}
         if self.negative_embeds is not None:
             tensors["negative_embeds"] = self.negative_embeds
-        return tensors, {"has_negative": self.negative_embeds is not None}
+        meta: dict[str, Any] = {"has_negative": self.negative_embeds is not None}
+        if self.controls:
+            meta["controls"] = self.controls
+        return tensors, meta
 
     @classmethod
     def __reelgraph_restore__(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Conditioning:
-        """Persistence protocol: rebuild from ``__reelgraph_state__`` output."""
+        """Persistence protocol: rebuild from ``__reelgraph_state__`` output (never with controls)."""
         negative = tensors["negative_embeds"] if meta.get("has_negative") else None
         return cls(prompt_embeds=tensors["prompt_embeds"], negative_embeds=negative)
 
@@ -168,16 +247,19 @@ class UNet3D:
     """Handle on a loaded ``UNet3DConditionModel`` and the id of the source it came from.
 
     ``vae_scale_factor`` is the spatial factor of the VAE shipped with the same model, so that samplers can
-    turn pixel sizes into latent sizes exactly as the diffusers pipelines do.
+    turn pixel sizes into latent sizes exactly as the diffusers pipelines do. ``loras`` names the LoRA files
+    merged into ``module`` (a patched copy; the loaded model itself is never changed).
     """
 
     module: Any
     source: str
     vae_scale_factor: int = 8
+    loras: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
-        """Name the source, not the module tree."""
-        return f"UNet3D(source={self.source!r})"
+        """Name the source and the LoRAs, not the module tree."""
+        extra = f", loras={list(self.loras)}" if self.loras else ""
+        return f"UNet3D(source={self.source!r}{extra})"
 
 
 @dataclass(eq=False)
@@ -209,15 +291,17 @@ class VAE:
 
 @dataclass(eq=False)
 class TextEncoder:
-    """Handle on a tokenizer plus ``CLIPTextModel`` pair and its source id."""
+    """Handle on a tokenizer plus ``CLIPTextModel`` pair and its source id; ``loras`` as for ``UNet3D``."""
 
     tokenizer: Any
     module: Any
     source: str
+    loras: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
-        """Name the source, not the module tree."""
-        return f"TextEncoder(source={self.source!r})"
+        """Name the source and the LoRAs, not the module tree."""
+        extra = f", loras={list(self.loras)}" if self.loras else ""
+        return f"TextEncoder(source={self.source!r}{extra})"
 
 
 @dataclass(eq=False)

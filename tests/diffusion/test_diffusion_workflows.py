@@ -68,7 +68,15 @@ def test_shipped_workflows_run_from_the_cli(workflow: Path, reelgraph_home: Path
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     written = tmp_path / f"{workflow.stem}.mp4"
-    assert proc.stdout.strip() == f"save.path = {written}"
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"save.path = {written}"
+    if workflow == EDIT:  # the edited clip's CLIP metrics (builtin:tiny CLIP) follow
+        values = dict(line.split(" = ", 1) for line in lines[1:])
+        assert list(values) == ["alignment.value", "alignment.per_frame", "alignment.metric", "consistency.value",
+                                "consistency.per_pair", "consistency.metric"]
+        assert 0 <= float(values["alignment.value"]) <= 100 and -1 <= float(values["consistency.value"]) <= 1
+    else:
+        assert len(lines) == 1
     video = read_video(written)
     assert (video.num_frames, video.fps, video.height, video.width) == (8, 8.0, 32, 32)
     record = json.loads((tmp_path / "record.json").read_text())
