@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", default="auto", metavar="SIZE", type=_size_arg,
                    help="refuse (too_large) allocations above SIZE, e.g. 8G; 'off' for no limit "
                         "(default: 80%% of the memory available at start)")
+    p.add_argument("--threads", default=None, metavar="N|auto",
+                   help="torch CPU threads (default: auto, measured: 1 or all cores, whichever is faster now)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="persist results across runs in DIR")
     p.add_argument("--events", choices=["jsonl"], default=None, help="stream events as JSON lines")
     p.add_argument("--events-file", default=None, metavar="FILE", help="write events there instead of stdout")
@@ -135,6 +138,9 @@ def _cmd_validate(args: argparse.Namespace, engine: Engine) -> int:
 
 def _cmd_run(args: argparse.Namespace, engine: Engine) -> int:
     from .events import JsonLinesSink, TerminalProgress
+
+    if args.threads is not None:
+        os.environ["REELGRAPH_THREADS"] = args.threads  # read by the nodes that use torch
 
     sinks: list[Any] = []
     events_stream = None

@@ -8,6 +8,7 @@ from reelgraph import NodeInputError, RunContext, node, path_input
 
 from .model_loading import ModelLoadError, source_fingerprint
 from .model_loading import load_model as _load_model
+from .threads import configure_threads
 from .values import VAE, Scheduler, TextEncoder, UNet3D
 
 
@@ -45,6 +46,7 @@ def load_model(
         device: ``auto`` picks CUDA when available, else the CPU.
         dtype: the weights' precision; ``float32`` on CPU.
     """
+    configure_threads()
     try:
         unet, vae, text_encoder, scheduler = _load_model(source, device=device, dtype=dtype)
     except ModelLoadError as exc:

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from reelgraph import InputPath, NodeInputError, OutputPath, RunContext, node
 
+from .threads import configure_threads
 from .values import Video
 from .video_io import VideoDecodeError, read_video, write_video
 
@@ -54,6 +55,7 @@ def load_video(
         height: resize frames to this height (give one of height/width to keep the aspect ratio).
         width: resize frames to this width.
     """
+    configure_threads()
     try:
         video = read_video(path, start=start, max_frames=max_frames, every_nth=every_nth, height=height,
                            width=width, progress=_report(ctx),

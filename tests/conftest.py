@@ -15,6 +15,7 @@ from reelgraph import Engine
 ROOT = Path(__file__).resolve().parents[1]
 TEST_PLUGIN = str(Path(__file__).parent / "plugins" / "chain_nodes.py")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("REELGRAPH_THREADS", "1")  # deterministic timing-free tests; subprocesses inherit it
 
 
 @pytest.fixture
