@@ -17,7 +17,7 @@ import time
 from common import ROOT, Row, machine
 
 BENCHMARKS = ["t2v_vs_diffusers", "edit_vs_diffusers", "rerun", "engine_overhead", "video_memory", "startup"]
-OPTIONAL = ["controlnet_lora", "long_video", "batch"]  # added by later work when present
+OPTIONAL = ["controlnet_lora", "long_video", "tune", "batch"]  # added by later work when present
 
 RUNNER = """
 import json, sys
