@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import itertools
 import json
 import os
@@ -42,9 +41,6 @@ MANIFEST_NAME = "batch.jsonl"
 RUNS_DIR = "runs"
 #: Engine events forwarded even when per-node events are off: enough to follow runs and failures.
 RUN_EVENTS = frozenset({"run_started", "run_finished", "node_failed"})
-
-#: Whether this engine's ``Engine.run`` has ``overwrite`` (engines with the path sandbox do).
-_RUN_TAKES_OVERWRITE = "overwrite" in inspect.signature(Engine.run).parameters
 
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 _TRUE = {"1", "true", "yes", "on"}
@@ -312,6 +308,14 @@ def failed_outcome(run_id: str, worker: str, code: str, message: str, started_at
                       error={"code": code, "node": None, "node_type": None, "input": None, "message": message})
 
 
+def finished_event(outcome: RunOutcome) -> Event:
+    """A ``run_finished`` event for a run that ended outside the engine's own events (it failed validation,
+    or its worker died), so that event consumers see every run end."""
+    error = outcome.error or {}
+    return Event("run_finished", outcome.run_id, seconds=outcome.seconds, message=error.get("message"),
+                 extra={"status": outcome.status, "code": error.get("code"), "ran": 0, "cached": 0})
+
+
 def _error_of(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, WorkflowInvalid):
         first = exc.problems[0] if exc.problems else None
@@ -350,15 +354,13 @@ class RunWorker:
                 extra["worker"] = self.name
             sink(dataclasses.replace(ev, run_id=spec.run_id, extra=extra))
 
-        kwargs: dict[str, Any] = {"out_dir": spec.out_dir, "events": [tagged]}
-        if job.allow_paths:  # only engines with the path sandbox know this argument
-            kwargs["allow_paths"] = list(job.allow_paths)
-        if _RUN_TAKES_OVERWRITE:  # the run's folder is its own: a re-run replaces its files, not name-1.ext
-            kwargs["overwrite"] = True
         started, t0 = time.time(), time.perf_counter()
         result, error, status = None, None, "finished"
         try:
-            result = self.engine.run(job.workflow, spec.params, list(job.outputs) if job.outputs else None, **kwargs)
+            # The run's folder is its own: a re-run replaces its files (overwrite) instead of adding name-1.ext.
+            result = self.engine.run(job.workflow, spec.params, list(job.outputs) if job.outputs else None,
+                                     out_dir=spec.out_dir, allow_paths=job.allow_paths, overwrite=True,
+                                     events=[tagged])
         except (WorkflowInvalid, NodeFailed, RunInterrupted) as exc:
             result = getattr(exc, "result", None)
             error, status = _error_of(exc), "interrupted" if isinstance(exc, RunInterrupted) else "failed"
@@ -373,8 +375,7 @@ class RunWorker:
             if job.keep_values and status == "finished":
                 outcome.values = dict(result.outputs)
         if result is None and sink is not None:  # the engine emitted nothing: say how the run ended
-            sink(Event("run_finished", spec.run_id, seconds=outcome.seconds, message=(error or {}).get("message"),
-                       extra={"status": status, "code": (error or {}).get("code"), "ran": 0, "cached": 0}))
+            sink(finished_event(outcome))
         return outcome
 
 
@@ -668,7 +669,9 @@ __all__ = [
     "RunWorker",
     "coerce_param",
     "expand_params",
+    "failed_outcome",
     "file_digest",
+    "finished_event",
     "make_runs",
     "parse_grid",
     "parse_sets",

@@ -94,7 +94,7 @@ class BatchProgress:
         self.width = width
         self.total = self.skipped = self.finished = self.failed = 0
         self.running: set[str] = set()
-        self.started = time.monotonic()
+        self.started = self._drawn = time.monotonic()
 
     def line(self) -> str:
         """The status line as it stands."""
@@ -107,6 +107,7 @@ class BatchProgress:
         return f"batch [{bar}] {done}/{self.total} | {', '.join(parts)} | {time.monotonic() - self.started:.1f}s"
 
     def _show(self, note: str = "", final: bool = False) -> None:
+        self._drawn = time.monotonic()
         if self.tty:
             self.stream.write("\r\033[K" + self.line() + ("\n" if final else ""))
         elif note or final:
@@ -137,13 +138,15 @@ class BatchProgress:
             self._show(note)
         elif ev.event == "batch_finished":
             self._show(final=True)
+        elif self.tty and time.monotonic() - self._drawn >= 0.1:  # node events: keep the clock moving
+            self._show()
 
 
 def _summary(result: BatchResult, stream: TextIO) -> None:
     finished, failed, not_run = result.count("finished"), result.count("failed"), len(result.not_run)
     text = f"{len(result.runs)} run(s): {finished} finished"
     if result.skipped:
-        text += f" ({len(result.skipped)} already before, skipped)"
+        text += f" ({len(result.skipped)} finished earlier, skipped)"
     text += f", {failed} failed"
     if not_run:
         text += f", {not_run} not finished"
@@ -195,15 +198,17 @@ def cmd_batch(args: argparse.Namespace, engine: Engine | None = None) -> int:
         sinks.append(JsonLinesSink(events_stream))
     elif args.events == "jsonl":
         sinks.append(JsonLinesSink(sys.stdout))
-    if not args.quiet:
-        sinks.append(BatchProgress(sys.stderr))
+    progress = None if args.quiet else BatchProgress(sys.stderr)
+    if progress is not None:
+        sinks.append(progress)
     report = sys.stderr if args.events == "jsonl" and not args.events_file else sys.stdout
     job = BatchJob(
         workflow=str(Path(args.workflow).resolve()),
         outputs=tuple(args.output) if args.output else None,
         allow_paths=tuple(str(Path(p).resolve()) for p in args.allow_paths),
         engine=EngineSettings(tuple(args.plugin), args.cache_dir and str(Path(args.cache_dir).resolve())),
-        detail_events=bool(args.events or args.events_file),
+        # node events travel from the workers only when someone reads them: the event stream, or a live bar
+        detail_events=bool(args.events or args.events_file or (progress is not None and progress.tty)),
     )
     executor: BatchExecutor | None = None
     try:

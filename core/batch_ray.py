@@ -22,7 +22,16 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .batch import BatchError, BatchJob, EngineSettings, RunOutcome, RunSpec, RunWorker, failed_outcome
+from .batch import (
+    BatchError,
+    BatchJob,
+    EngineSettings,
+    RunOutcome,
+    RunSpec,
+    RunWorker,
+    failed_outcome,
+    finished_event,
+)
 from .events import Event, Sink
 
 #: What to tell a user whose environment lacks Ray.
@@ -42,7 +51,9 @@ def import_ray() -> Any:
 class EngineActor:
     """The body of each Ray actor: one engine for the actor's lifetime, so models stay loaded between runs."""
 
-    def __init__(self, settings: EngineSettings, index: int) -> None:
+    def __init__(self, settings: EngineSettings, index: int, threads: int = 1) -> None:
+        # Torch threads follow the actor's CPU share, not the node's core count (unless the user set them).
+        os.environ.setdefault("REELGRAPH_THREADS", str(threads))
         self.worker = RunWorker(settings, f"ray-{index}@{socket.gethostname()}:{os.getpid()}")
 
     def ready(self) -> str:
@@ -75,14 +86,16 @@ class RayExecutor:
     ``address`` is handed to ``ray.init`` (``"auto"``, ``"host:6379"`` or ``"ray://host:10001"``); with
     None a Ray instance already started in this process is used, else ``RAY_ADDRESS``, else a new local
     one. ``actors`` defaults to one per GPU, else one per ``cpus_per_actor`` CPUs in the cluster, and never
-    more than the runs to do. Call :meth:`close` (or use ``with``) to stop the actors, and Ray if this
-    executor started it.
+    more than the runs to do. An actor that dies (out of memory, say) fails the run it was running with
+    ``worker_died`` and is restarted by Ray up to ``max_restarts`` times (loading its model again); the
+    other runs go on. Call :meth:`close` (or use ``with``) to stop the actors, and Ray if this executor
+    started it.
     """
 
     name = "ray"
 
     def __init__(self, address: str | None = None, actors: int | None = None, *, cpus_per_actor: float = 1.0,
-                 gpus_per_actor: float | None = None, ready_timeout: float = 600.0,
+                 gpus_per_actor: float | None = None, max_restarts: int = 3, ready_timeout: float = 600.0,
                  init_kwargs: dict[str, Any] | None = None) -> None:
         if actors is not None and actors < 1:
             raise BatchError(f"--actors must be at least 1, got {actors}")
@@ -90,6 +103,7 @@ class RayExecutor:
         self.actors = actors
         self.cpus_per_actor = cpus_per_actor
         self.gpus_per_actor = gpus_per_actor
+        self.max_restarts = max_restarts
         self.ready_timeout = ready_timeout
         self.init_kwargs = dict(init_kwargs or {})
         self._ray: Any = None
@@ -140,8 +154,9 @@ class RayExecutor:
         if self._pool and settings == self._settings and len(self._pool) >= count:
             return self._pool
         self.stop_actors()
-        remote = ray.remote(EngineActor).options(num_cpus=cpus, num_gpus=gpus)
-        self._pool = [remote.remote(settings, i) for i in range(count)]
+        remote = ray.remote(EngineActor).options(num_cpus=cpus, num_gpus=gpus, max_restarts=self.max_restarts)
+        threads = max(1, int(cpus))
+        self._pool = [remote.remote(settings, i, threads) for i in range(count)]
         self._settings = settings
         self.placement = {"actors": count, "num_cpus": cpus, "num_gpus": gpus}
         return self._pool
@@ -177,13 +192,19 @@ class RayExecutor:
                         item = ray.get(ref)
                         results.put(("outcome" if isinstance(item, RunOutcome) else "event", spec, item))
                 except ray.exceptions.RayActorError as exc:
-                    results.put(("outcome", spec, failed_outcome(spec.run_id, name, "worker_died",
-                                                                 f"the Ray actor died during this run: {exc}",
-                                                                 started)))
-                    return
+                    fail(spec, failed_outcome(spec.run_id, name, "worker_died",
+                                              f"the Ray actor died during this run: {exc}", started))
+                    try:  # Ray restarts a dead actor (max_restarts); carry on with it once it is back
+                        name = ray.get(actor.ready.remote())
+                    except Exception:
+                        return
                 except Exception as exc:
-                    results.put(("outcome", spec, failed_outcome(spec.run_id, name, "worker_error",
-                                                                 f"{type(exc).__name__}: {exc}", started)))
+                    fail(spec, failed_outcome(spec.run_id, name, "worker_error", f"{type(exc).__name__}: {exc}",
+                                              started))
+
+        def fail(spec: RunSpec, outcome: RunOutcome) -> None:
+            results.put(("event", spec, finished_event(outcome)))
+            results.put(("outcome", spec, outcome))
 
         threads = [threading.Thread(target=serve, args=(a,), name=f"ray-driver-{i}", daemon=True)
                    for i, a in enumerate(pool)]
@@ -216,7 +237,9 @@ class RayExecutor:
             why = deaths[0] if deaths else "every actor stopped"
             for spec in list(pending.values()):  # no actor left to run these
                 del pending[spec.run_id]
-                yield failed_outcome(spec.run_id, "ray", "no_worker", f"no Ray actor could run this: {why}")
+                outcome = failed_outcome(spec.run_id, "ray", "no_worker", f"no Ray actor could run this: {why}")
+                emit(finished_event(outcome))
+                yield outcome
             completed = True
         finally:
             stop.set()

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from .api import DEFAULT_OUT_DIR, Engine, read_workflow
+from .batch_cli import add_batch_parser, cmd_batch
 from .errors import NodeFailed, Problem, RunInterrupted, WorkflowInvalid
 from .files import atomic_write_text
 from .memory import parse_size
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schema", help="print the JSON Schema of workflows (with every node type)")
     _add_plugin_args(p)
+
+    add_batch_parser(sub)
 
     p = sub.add_parser("errors", help="list every error code with its cause and fix")
     p.add_argument("--markdown", action="store_true", help="print docs/errors.md")
@@ -252,6 +255,7 @@ def _cmd_errors(args: argparse.Namespace, engine: Engine) -> int:
 
 
 COMMANDS = {
+    "batch": cmd_batch,
     "errors": _cmd_errors,
     "run": _cmd_run,
     "validate": _cmd_validate,

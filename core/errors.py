@@ -72,6 +72,10 @@ RUNTIME_CODES: dict[str, str] = {
     "video_decode_failed": "a video file does not decode",
     "too_large": "the frames or latents a node was about to allocate exceed the memory limit (--max-memory)",
     "interrupted": "the run was interrupted; finished results stay cached",
+    "worker_died": "batch: the Ray actor running this run died (it is restarted for the next runs)",
+    "worker_error": "batch: the Ray actor raised outside the engine while running this run",
+    "no_worker": "batch: no Ray actor could be started or reached to run this run",
+    "internal_error": "batch: an unexpected error outside any node (the message has its type)",
 }
 
 
@@ -99,6 +103,12 @@ FIXES: dict[str, str] = {
                          "(convert pickle checkpoints once, from a trusted copy).",
     "video_decode_failed": "Re-encode the file (e.g. to H.264 mp4) or check that it is a video.",
     "interrupted": "Run again: finished nodes come from the cache (persisted with `--cache-dir`).",
+    "worker_died": "Re-run the batch: finished runs are skipped. Check the actor's memory (`--cpus-per-actor`, "
+                   "fewer `--actors`) if it keeps dying.",
+    "worker_error": "Re-run with `--executor local` to see the error in-process; check the Ray cluster's logs.",
+    "no_worker": "Check `--address`, that the cluster has the CPUs/GPUs the actors ask for, and that reelgraph "
+                 "is installed on its nodes.",
+    "internal_error": "Report it with the manifest line; re-running the batch retries only unfinished runs.",
 }
 
 
