@@ -4,7 +4,9 @@
   the output path: every node but ``save`` comes from the cache. Goal: >= 20x faster than cold.
 * prompt change: edit_video cold, then again with only the edited prompt changed: model loading, the
   source's VAE encode and its inversion are cached. Goal: >= 3x faster than cold.
-Cold and warm alternate, each cold run on a fresh engine with the process-wide model cache cleared.
+Cold and warm alternate, each cold run on a fresh engine with the process-wide model cache cleared (the
+libraries stay imported). The prompt change is also measured the way a user meets it: the first run in a
+fresh process (imports, thread choice and model load included) vs the re-run in that process.
 """
 
 from __future__ import annotations
@@ -38,6 +40,35 @@ def _measure(workflow: Path, base: dict, change: dict, repeats: int, out: Path) 
     return statistics.median(cold), statistics.median(warm), ran
 
 
+FRESH = """
+import json, time, tempfile
+import reelgraph
+engine = reelgraph.Engine(entry_points=False, env=False)
+out = tempfile.mkdtemp()
+t0 = time.perf_counter()
+engine.run({wf!r}, {{"steps": 20}}, out_dir=out)
+t1 = time.perf_counter()
+engine.run({wf!r}, {{"steps": 20, "prompt": "a green circle moving left"}}, out_dir=out)
+t2 = time.perf_counter()
+print("TIMES", json.dumps([t1 - t0, t2 - t1]))
+"""
+
+
+def _fresh_process(workflow: Path, repeats: int) -> tuple[float, float]:
+    import json
+    import subprocess
+    import sys
+
+    cold, warm = [], []
+    for _ in range(repeats):
+        proc = subprocess.run([sys.executable, "-c", FRESH.format(wf=str(workflow))], capture_output=True,
+                              text=True, check=True, cwd=ROOT)
+        c, w = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("TIMES"))[5:])
+        cold.append(c)
+        warm.append(w)
+    return statistics.median(cold), statistics.median(warm)
+
+
 def run(quick: bool = False) -> list[Row]:
     """Cold / warm ratios for the two re-run cases."""
     import torch
@@ -52,7 +83,11 @@ def run(quick: bool = False) -> list[Row]:
                         f"cold {cold:.2f} s", f"{cold / warm:.1f}x", ">= 20x", cold / warm >= 20))
         cold, warm, ran = _measure(ROOT / "workflows" / "edit_video.json", {"steps": 20},
                                    {"prompt": "a green circle moving left"}, repeats, out)
-        rows.append(Row("prompt change", f"edit_video cold / re-run with a new prompt (re-ran: {', '.join(ran)}); "
+        rows.append(Row("prompt change", f"edit_video cold / re-run with a new prompt, libraries already imported "
+                        f"(re-ran: {', '.join(ran)}); cold {cold:.2f} s", f"{cold / warm:.1f}x", ">= 3x",
+                        cold / warm >= 3))
+        cold, warm = _fresh_process(ROOT / "workflows" / "edit_video.json", 1 if quick else 3)
+        rows.append(Row("prompt change", f"edit_video first run in a fresh process / re-run with a new prompt in it; "
                         f"cold {cold:.2f} s", f"{cold / warm:.1f}x", ">= 3x", cold / warm >= 3))
     return rows
 
