@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from .api import Engine
 from .errors import NodeFailed, ReelgraphError, RunInterrupted, WorkflowInvalid
 from .events import Event, Sink
+from .executor import describe_value
 from .workflow import ParamSpec
 
 #: File name of the manifest inside the batch folder.
@@ -288,16 +289,6 @@ class RunOutcome:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: dict[str, Any] | None = None
     values: dict[str, Any] | None = None
-
-
-def describe_value(value: Any) -> Any:
-    """A JSON-able stand-in for an output value: paths as text, scalars as is, else a short repr."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    text = repr(value)
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def failed_outcome(run_id: str, worker: str, code: str, message: str, started_at: float | None = None) -> RunOutcome:

@@ -1,8 +1,7 @@
 """The ``reelgraph batch`` subcommand: run a workflow over a parameter sweep, locally or on Ray.
 
 ``add_batch_parser(subparsers)`` adds the subcommand to the ``reelgraph`` parser and ``cmd_batch(args)``
-runs it. Until the main command line wires it in, ``python -m reelgraph.batch_cli batch WF.json ...``
-runs the same thing.
+runs it; ``reelgraph batch WF.json ...`` is the way to call it.
 
 Exit codes (as for ``reelgraph run``): 0 every run finished (now or before); 1 the workflow does not
 parse; 2 bad command line, params file or executor set-up (Ray missing); 3 some run failed (the
@@ -233,17 +232,10 @@ def cmd_batch(args: argparse.Namespace, engine: Engine | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m reelgraph.batch_cli batch ...``: the subcommand on its own, as ``reelgraph batch`` runs it."""
-    parser = argparse.ArgumentParser(prog="reelgraph", description="Run reelgraph workflows in batches.")
-    add_batch_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return cmd_batch(args)
-    except Exception as exc:
-        if args.debug:
-            raise
-        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n(run with --debug for a traceback)\n")
-        return EXIT_FAILED
+    """``python -m reelgraph.batch_cli batch ...``: the same as ``reelgraph batch ...``."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -70,11 +70,12 @@ class RunResult:
             "seconds": round(self.seconds, 6),
             "params": {k: str(v) if isinstance(v, os.PathLike) else v for k, v in self.params.items()},
             "nodes": [r.__dict__ for r in self.records.values()],
-            "outputs": {k: _describe(v) for k, v in self.outputs.items()},
+            "outputs": {k: describe_value(v) for k, v in self.outputs.items()},
         }
 
 
-def _describe(value: Any) -> Any:
+def describe_value(value: Any) -> Any:
+    """A JSON-able stand-in for an output value: paths as text, scalars as is, else a short repr."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, os.PathLike):
