@@ -14,6 +14,7 @@ from pydantic import Field
 from reelgraph import NodeInputError, RunContext, node
 
 from . import sampling
+from .context_windows import ContextFrames, ContextFuse, ContextOverlap
 from .values import VAE, Conditioning, Latents, Scheduler, TextEncoder, UNet3D, Video
 
 SchedulerType = Literal["default", "ddim", "dpm++", "euler"]
@@ -75,6 +76,16 @@ def vae_encode(vae: VAE, video: Video, ctx: RunContext, chunk_frames: ChunkFrame
         raise NodeInputError(str(exc), input=exc.input) from exc
 
 
+def _check_decode_memory(ctx: RunContext, vae: VAE, latents: Latents, chunk_frames: int, tile: int | None) -> None:
+    """Refuse (too_large) a decode whose frames plus per-chunk activations exceed the run's memory limit."""
+    _, _, frames, h, w = (int(d) for d in latents.tensor.shape)
+    height, width = h * vae.scale_factor, w * vae.scale_factor
+    output = frames * 3 * height * width * 4
+    area = min(tile or height, height) * min(tile or width, width)
+    activations = min(chunk_frames, frames) * area * int(vae.module.config.block_out_channels[0]) * 4 * 4
+    ctx.check_memory(output + activations, f"decoding {frames} frames of {width}x{height}", input="latents")
+
+
 @node("vae_decode", category="latents", output="video")
 def vae_decode(vae: VAE, latents: Latents, ctx: RunContext, chunk_frames: ChunkFrames = 8,
                fps: Annotated[float, Field(gt=0, le=1000)] = 8.0,
@@ -93,6 +104,7 @@ def vae_decode(vae: VAE, latents: Latents, ctx: RunContext, chunk_frames: ChunkF
         tile_overlap: output pixels shared by neighbouring tiles and cross-faded (a multiple of the VAE
             factor); about a quarter of ``tile_size`` hides the seams.
     """
+    _check_decode_memory(ctx, vae, latents, chunk_frames, tile_size)
     if tile_size is None:
         return sampling.vae_decode(vae, latents, chunk_frames=chunk_frames, fps=fps, progress=_report(ctx))
     from .vae_tiling import TilingError, tiled_vae_decode
@@ -102,6 +114,25 @@ def vae_decode(vae: VAE, latents: Latents, ctx: RunContext, chunk_frames: ChunkF
                                 progress=_report(ctx))
     except TilingError as exc:
         raise NodeInputError(str(exc), input=exc.input) from exc
+
+
+def _check_denoise_memory(ctx: RunContext, unet: UNet3D, given: Latents | None, frames: int | None,
+                          height: int | None, width: int | None, guidance_scale: float,
+                          context_frames: int | None) -> None:
+    """Refuse (too_large) a denoise whose UNet3D activations would exceed the memory limit.
+
+    A rough upper estimate: the widest block's activations, a few times over, for every frame the UNet
+    sees at once (a context window, when set), doubled under classifier-free guidance.
+    """
+    if given is not None:
+        _, _, frames, h, w = (int(d) for d in given.tensor.shape)
+    else:
+        h, w = (height or 0) // unet.vae_scale_factor, (width or 0) // unet.vae_scale_factor
+    seen = min(context_frames or frames or 1, frames or 1)
+    widest = max(int(c) for c in unet.module.config.block_out_channels)
+    batch = 2 if guidance_scale > 1 else 1
+    ctx.check_memory(batch * seen * h * w * widest * 4 * 8, f"denoising {frames} frames of {w}x{h} latents",
+                     input="frames")
 
 
 @node("unet3d_denoise", category="sampling", output="latents")
@@ -121,6 +152,9 @@ def unet3d_denoise(
     noise: Latents | None = None,
     latents: Latents | None = None,
     strength: Annotated[float, Field(gt=0, le=1)] = 1.0,
+    context_frames: ContextFrames = None,
+    context_overlap: ContextOverlap = 4,
+    context_fuse: ContextFuse = "pyramid",
 ) -> Latents:
     """Generate video latents with the UNet3D: text-to-video, from given noise, or video-to-video.
 
@@ -143,6 +177,12 @@ def unet3d_denoise(
         noise: starting noisy latents instead of seeded noise, e.g. ``ddim_invert.noise``.
         latents: clean latents to re-generate (video-to-video), noised to ``strength``'s level.
         strength: how much of the schedule runs on ``latents`` (1.0 = from pure noise).
+        context_frames: for long videos, run the UNet3D on sliding temporal windows of this many frames and
+            average their overlapping predictions (memory bounded by the window); empty = the whole clip at
+            once. Windows as long as the clip give exactly the windowless result.
+        context_overlap: frames shared by neighbouring windows (smaller than ``context_frames``).
+        context_fuse: how overlapping predictions are averaged: ``pyramid`` (weights peak in each window's
+            middle, softer seams) or ``flat``.
     """
     _check_pixels(unet, height=height, width=width)
     if strength < 1 and latents is None:
@@ -153,6 +193,8 @@ def unet3d_denoise(
     elif height is None or width is None:
         size = unet.module.config.sample_size * unet.vae_scale_factor
         height, width = height or size, width or size
+    _check_denoise_memory(ctx, unet, given, frames, height, width, guidance_scale, context_frames)
+    from .context_windows import ContextWindowError
     from .controlnet import ControlError
 
     try:
@@ -161,8 +203,11 @@ def unet3d_denoise(
             guidance_scale=guidance_scale, seed=seed, eta=eta,
             scheduler_type=None if scheduler_type == "default" else scheduler_type,
             noise=noise.tensor if noise is not None else None, latents=latents, strength=strength,
-            progress=_report(ctx),
+            progress=_report(ctx), context_frames=context_frames, context_overlap=context_overlap,
+            context_fuse=context_fuse,
         )
+    except ContextWindowError as exc:
+        raise NodeInputError(str(exc), input=exc.input) from exc
     except ControlError as exc:
         raise NodeInputError(str(exc), input="conditioning") from exc
     return Latents(tensor)
@@ -177,6 +222,9 @@ def ddim_invert(
     ctx: RunContext,
     steps: Steps = 25,
     guidance_scale: Annotated[float, Field(ge=0, le=100)] = 1.0,
+    context_frames: ContextFrames = None,
+    context_overlap: ContextOverlap = 4,
+    context_fuse: ContextFuse = "pyramid",
 ) -> Latents:
     """Invert clean latents with DDIM to the noise that DDIM would denoise back into them (Tune-A-Video).
 
@@ -189,12 +237,21 @@ def ddim_invert(
         latents: the clean latents of the source clip (``vae_encode``).
         steps: inversion steps.
         guidance_scale: classifier-free guidance during inversion; 1 (off) inverts most faithfully.
+        context_frames: sliding temporal windows of this many frames, as in ``unet3d_denoise`` (use the same
+            settings there); empty = the whole clip at once.
+        context_overlap: frames shared by neighbouring windows (smaller than ``context_frames``).
+        context_fuse: ``pyramid`` or ``flat`` averaging of overlapping predictions.
     """
+    from .context_windows import ContextWindowError
     from .controlnet import ControlError
 
     try:
         tensor = sampling.ddim_invert(unet, scheduler, conditioning, latents, steps=steps,
-                                      guidance_scale=guidance_scale, progress=_report(ctx))
+                                      guidance_scale=guidance_scale, progress=_report(ctx),
+                                      context_frames=context_frames, context_overlap=context_overlap,
+                                      context_fuse=context_fuse)
+    except ContextWindowError as exc:
+        raise NodeInputError(str(exc), input=exc.input) from exc
     except ControlError as exc:
         raise NodeInputError(str(exc), input="conditioning") from exc
     return Latents(tensor)

@@ -14,6 +14,9 @@ Conventions:
   model's device afterwards, so a seed gives the same noise on every device.
 * ControlNet controls carried by the ``Conditioning`` are applied by ``denoise`` and ``ddim_invert`` (see
   :mod:`reelgraph.nodes.controlnet`); without controls the loops are exactly the pipelines'.
+* Context windows (``context_frames``; see :mod:`reelgraph.nodes.context_windows`) make each step run the
+  UNet3D per temporal window and average the overlapping predictions before one scheduler step on the whole
+  clip. Off (``None``) or with one window covering the clip, the loops are exactly the windowless ones.
 """
 
 from __future__ import annotations
@@ -21,21 +24,26 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .controlnet import PreparedControls, prepare_controls
+from .context_windows import context_windows, fuse_predictions
+from .controlnet import ControlError, PreparedControls, prepare_controls
 from .values import VAE, Conditioning, Latents, Scheduler, TextEncoder, UNet3D, Video
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ProgressFn", "ddim_invert", "denoise", "encode_prompt", "vae_decode", "vae_encode"]
+__all__ = ["GuidedPredict", "ProgressFn", "ddim_invert", "denoise", "encode_prompt", "guided_predictor", "vae_decode",
+           "vae_encode"]
 
 logger = logging.getLogger(__name__)
 
 #: ``progress(done, total)``: called after each step with the number of steps done so far. It may raise
 #: (for example to cancel a run); the exception propagates out of the sampler unchanged.
 ProgressFn = Callable[[int, int], None]
+#: ``predict(x, t, scheduler, step, total)``: the guided model prediction for the whole clip ``x`` at ``t``.
+GuidedPredict = Callable[["torch.Tensor", Any, Any, int, int], "torch.Tensor"]
 
 
 def _module_device_dtype(module: Any) -> tuple[torch.device, torch.dtype]:
@@ -141,6 +149,60 @@ def _predict(
     return pred
 
 
+def _window_controls(conditioning: Conditioning, unet: UNet3D, embeds: torch.Tensor, frames: int,
+                     windows: list[tuple[int, int]], height: int, width: int) -> list[PreparedControls]:
+    """The conditioning's controls prepared once per window, with per-frame control images sliced to the
+    window's frames (a single control frame serves every window)."""
+    for control in conditioning.controls:
+        n = int(control.frames.shape[0])
+        if n not in (1, frames):
+            raise ControlError(f"{control.controlnet!r} got {n} control frames for a {frames}-frame video; give "
+                               "one per frame or a single frame for all")
+    prepared = []
+    for start, stop in windows:
+        sliced = tuple(c if int(c.frames.shape[0]) == 1 else replace(c, frames=c.frames[start:stop])
+                       for c in conditioning.controls)
+        window_cond = Conditioning(conditioning.prompt_embeds, conditioning.negative_embeds, sliced)
+        prepared.append(prepare_controls(window_cond, unet, embeds, stop - start, height, width))
+    return prepared
+
+
+def guided_predictor(
+    unet: UNet3D, conditioning: Conditioning, embeds: torch.Tensor, do_cfg: bool, guidance_scale: float,
+    shape: tuple[int, int, int, int, int], context_frames: int | None = None, context_overlap: int = 4,
+    context_fuse: str = "pyramid",
+) -> GuidedPredict:
+    """The guided UNet3D prediction for latents of ``shape``, per context window when windows are on.
+
+    ``embeds``/``do_cfg`` come from the conditioning (``[negative; positive]`` with guidance). The
+    conditioning's ControlNet controls are checked and laid out here, before any step: for the whole clip
+    or, with several windows, once per window with their frames sliced to it. With a single window (windows
+    off or ``context_frames >= frames``) the prediction is exactly the plain ``_predict`` call. Raises
+    ``ContextWindowError`` for impossible window settings and ``ControlError`` for controls that do not fit.
+    """
+    module = unet.module
+    _, _, frames, lat_h, lat_w = shape
+    height, width = lat_h * int(unet.vae_scale_factor), lat_w * int(unet.vae_scale_factor)
+    windows = context_windows(frames, context_frames, context_overlap, context_fuse)
+    if len(windows) == 1:
+        controls = prepare_controls(conditioning, unet, embeds, frames, height, width)
+
+        def predict(x: torch.Tensor, t: Any, sched: Any, step: int, total: int) -> torch.Tensor:
+            return _predict(module, x, t, embeds, do_cfg, guidance_scale, sched, controls, step, total)
+
+        return predict
+    per_window = _window_controls(conditioning, unet, embeds, frames, windows, height, width)
+
+    def predict_windows(x: torch.Tensor, t: Any, sched: Any, step: int, total: int) -> torch.Tensor:
+        def one(index: int, start: int, stop: int) -> torch.Tensor:
+            return _predict(module, x[:, :, start:stop], t, embeds, do_cfg, guidance_scale, sched,
+                            per_window[index], step, total)
+
+        return fuse_predictions(one, windows, context_fuse)
+
+    return predict_windows
+
+
 def _to_frames_batch(x: torch.Tensor) -> torch.Tensor:
     """``[B, C, F, h, w]`` -> ``[B*F, C, h, w]`` (frame-major), the layout the pipelines step and noise in."""
     b, c, f, h, w = x.shape
@@ -204,6 +266,9 @@ def denoise(
     latents: Latents | torch.Tensor | None = None,
     strength: float = 1.0,
     progress: ProgressFn | None = None,
+    context_frames: int | None = None,
+    context_overlap: int = 4,
+    context_fuse: str = "pyramid",
 ) -> torch.Tensor:
     """Run the reverse diffusion on the UNet3D and return the final latents ``[B, C, F, h, w]``.
 
@@ -224,6 +289,11 @@ def denoise(
     The conditioning's ControlNet controls steer the steps in their ``start``/``end`` window, counted over
     the steps this call runs (as the diffusers ControlNet pipelines count them); a ControlNet that does not
     fit the UNet3D, or control frames that do not fit the video, raise ``ControlError`` before any step.
+
+    ``context_frames`` (``None`` = off) runs the UNet3D on overlapping temporal windows of that many frames,
+    neighbours sharing ``context_overlap`` frames, and averages the overlaps with ``context_fuse`` weights
+    (``flat`` or ``pyramid``; see :mod:`reelgraph.nodes.context_windows`); the scheduler steps the whole
+    clip. With ``context_frames >= frames`` the result is exactly the windowless one.
     """
     import torch
 
@@ -242,9 +312,9 @@ def denoise(
     if noise is not None and tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
 
-    b, _, f, lat_h, lat_w = shape
-    factor = int(unet.vae_scale_factor)
-    controls = prepare_controls(conditioning, unet, embeds, f, lat_h * factor, lat_w * factor)
+    b, _, f, _, _ = shape
+    predict = guided_predictor(unet, conditioning, embeds, do_cfg, guidance_scale, shape, context_frames,
+                               context_overlap, context_fuse)
 
     sched = scheduler.create(scheduler_type)
     sched.set_timesteps(steps, device=device)
@@ -282,7 +352,7 @@ def denoise(
 
         total = len(timesteps)
         for i, t in enumerate(timesteps):
-            pred = _predict(module, x, t, embeds, do_cfg, guidance_scale, sched, controls, i, total)
+            pred = predict(x, t, sched, i, total)
             stepped = sched.step(_to_frames_batch(pred), t, _to_frames_batch(x), **step_kwargs).prev_sample
             x = _from_frames_batch(stepped, b, f)
             if progress is not None:
@@ -298,6 +368,9 @@ def ddim_invert(
     steps: int,
     guidance_scale: float = 1.0,
     progress: ProgressFn | None = None,
+    context_frames: int | None = None,
+    context_overlap: int = 4,
+    context_fuse: str = "pyramid",
 ) -> torch.Tensor:
     """Run DDIM backwards from clean ``latents`` to the noise that DDIM would denoise into them.
 
@@ -310,20 +383,21 @@ def ddim_invert(
     ControlNet controls in the conditioning apply as in ``denoise``, with inversion step ``i`` of ``n``
     counted as denoising step ``n - 1 - i`` (the one at the same noise level), so a ``start``/``end``
     window covers the same noise levels in the inversion as in the denoising it mirrors.
+
+    ``context_frames``/``context_overlap``/``context_fuse`` are the temporal context windows of ``denoise``.
     """
     import torch
     from diffusers import DDIMInverseScheduler
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    module = unet.module
-    device, dtype = _module_device_dtype(module)
+    device, dtype = _module_device_dtype(unet.module)
     x = latents.tensor if isinstance(latents, Latents) else latents
     batch = int(conditioning.prompt_embeds.shape[0])
-    _, _, frames, lat_h, lat_w = _latent_shape(unet, batch, None, None, None, x)
+    shape = _latent_shape(unet, batch, None, None, None, x)
     embeds, do_cfg = _guidance_embeds(conditioning, guidance_scale, device, dtype)
-    factor = int(unet.vae_scale_factor)
-    controls = prepare_controls(conditioning, unet, embeds, frames, lat_h * factor, lat_w * factor)
+    predict = guided_predictor(unet, conditioning, embeds, do_cfg, guidance_scale, shape, context_frames,
+                               context_overlap, context_fuse)
     config = dict(scheduler.config)
     inverse = DDIMInverseScheduler.from_config(config, clip_sample=config.get("clip_sample", False))
     inverse.set_timesteps(steps, device=device)
@@ -331,7 +405,7 @@ def ddim_invert(
     total = len(inverse.timesteps)
     with torch.no_grad():
         for i, t in enumerate(inverse.timesteps):
-            pred = _predict(module, x, t, embeds, do_cfg, guidance_scale, inverse, controls, total - 1 - i, total)
+            pred = predict(x, t, inverse, total - 1 - i, total)
             x = inverse.step(pred, t, x).prev_sample
             if progress is not None:
                 progress(i + 1, total)

@@ -184,3 +184,28 @@ def test_too_large_clip_is_refused_before_decoding(engine: Engine, tmp_path: Pat
     assert (err.code, err.node, err.input) == ("too_large", "clip", "max_frames")
     assert "more than the limit of 9.8 KiB" in err.message
     assert err.result.ran == ["model"]  # the clip was refused before decoding; nothing after it ran
+
+
+def test_too_large_decode_is_refused_before_allocating(engine: Engine, tmp_path: Path) -> None:
+    from reelgraph.nodes.model_loading import load_model
+
+    engine.run(T2V, FAST, outputs=["sample.latents"], out_dir=tmp_path)  # cached: only decode runs below
+    with pytest.raises(NodeFailed) as info:
+        engine.run(T2V, FAST, outputs=["decode.video"], out_dir=tmp_path, max_memory=20_000)
+    err = info.value
+    assert (err.code, err.node, err.input) == ("too_large", "decode", "latents")
+    assert "decoding 4 frames of 32x32" in err.message
+    assert load_model("builtin:tiny", device="cpu")  # the shared model is untouched and still loads
+
+
+def test_too_large_denoise_is_refused_and_context_windows_are_the_way_out(engine: Engine, tmp_path: Path) -> None:
+    params = {**FAST, "frames": 64}
+    with pytest.raises(NodeFailed) as info:
+        engine.run(T2V, params, outputs=["sample.latents"], out_dir=tmp_path, max_memory=4 * 1024**2)
+    err = info.value
+    assert (err.code, err.node, err.input) == ("too_large", "sample", "frames")
+    doc = json.loads(T2V.read_text())
+    doc["nodes"]["sample"]["inputs"]["context_frames"] = 8
+    doc["params"]["model"]["default"] = "builtin:tiny"
+    result = engine.run(doc, params, outputs=["sample.latents"], out_dir=tmp_path, max_memory=4 * 1024**2)
+    assert result.outputs["sample.latents"].num_frames == 64
