@@ -27,7 +27,7 @@ torch = pytest.importorskip("torch")
 for _name in ("diffusers", "transformers", "safetensors"):
     pytest.importorskip(_name)
 
-CTX = SimpleNamespace(progress=lambda i, n: None)
+CTX = SimpleNamespace(progress=lambda i, n: None, check_memory=lambda nbytes, what, input=None: None)
 
 
 class LocalVAE(torch.nn.Module):
