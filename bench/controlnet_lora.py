@@ -144,6 +144,29 @@ def bench_lora(args: argparse.Namespace) -> None:
         print(f"  apply (merge only): {merge_big * 1000:.1f} ms")
 
 
+def run(quick: bool = False) -> list[Any]:
+    """For ``bench/run_all.py``: both benchmarks with default sizes, their printed lines as result rows."""
+    import contextlib
+    import io
+
+    import torch
+    from common import Row
+
+    from reelgraph.nodes.model_loading import quiet_hf_libraries
+
+    args = argparse.Namespace(repeats=3 if quick else 7, steps=4, size=64, frames=8, threads=1, big=False)
+    torch.set_num_threads(1)
+    quiet_hf_libraries()
+    rows = []
+    for name, fn in (("ControlNet step cost", bench_controlnet), ("LoRA apply/remove", bench_lora)):
+        out = io.StringIO()
+        with torch.no_grad(), contextlib.redirect_stdout(out):
+            fn(args)
+        lines = [x.strip() for x in out.getvalue().splitlines() if x.strip()]
+        rows.append(Row(name, lines[0].rstrip(":"), "; ".join(lines[1:]), "reported", None))
+    return rows
+
+
 def main() -> None:
     """Parse arguments and run both benchmarks."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
