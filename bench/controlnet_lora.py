@@ -162,7 +162,7 @@ def run(quick: bool = False) -> list[Any]:
         out = io.StringIO()
         with torch.no_grad(), contextlib.redirect_stdout(out):
             fn(args)
-        lines = [x.strip() for x in out.getvalue().splitlines() if x.strip()]
+        lines = [" ".join(x.split()) for x in out.getvalue().splitlines() if x.strip()]
         rows.append(Row(name, lines[0].rstrip(":"), "; ".join(lines[1:]), "reported", None))
     return rows
 
