@@ -18,6 +18,9 @@ from common import ROOT, Row, machine
 
 BENCHMARKS = ["t2v_vs_diffusers", "edit_vs_diffusers", "rerun", "engine_overhead", "video_memory", "startup"]
 OPTIONAL = ["controlnet_lora", "long_video", "tune", "batch"]  # added by later work when present
+#: Benchmarks whose full curves take minutes alone: run_all takes their quick form to stay within 15 minutes
+#: (run them alone, e.g. ``python bench/long_video.py``, for every point).
+QUICK_IN_SUITE = {"long_video"}
 
 RUNNER = """
 import json, sys
@@ -49,7 +52,7 @@ def main() -> None:
     started = time.perf_counter()
     lines = []
     for name in names:
-        rows, wall, error = run_one(name, args.quick)
+        rows, wall, error = run_one(name, args.quick or name in QUICK_IN_SUITE)
         print(f"{name}: {len(rows)} row(s) in {wall:.0f} s {('FAILED: ' + error) if error else ''}", flush=True)
         lines += [r.markdown() for r in rows] or [f"| {name} | failed to run: {error} | - | - | **no** |"]
     total = time.perf_counter() - started
