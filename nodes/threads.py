@@ -1,9 +1,11 @@
 """Choosing torch's CPU thread count by measurement, once per process.
 
 On shared machines more threads can be far slower than one (measured here: 2 threads 15x slower than 1
-for a UNet3D step while the other core was busy, and faster when it was idle). So unless told otherwise,
-the first node that needs torch times a small convolution workload with 1 thread and with all cores and
-keeps the faster. ``REELGRAPH_THREADS`` (or ``reelgraph run --threads``) overrides: a number, or ``auto``.
+for a UNet3D step while the other core was busy, and faster when it was idle). A short timing can miss
+that contention, so the choice is made in two steps: cores that other work keeps busy (the 1-minute load
+average) are not used at all; if more than one core is left, a convolution workload is timed with 1 thread
+and with those cores, and the faster wins. ``REELGRAPH_THREADS`` (or ``reelgraph run --threads``)
+overrides: a number, or ``auto``.
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ def configure_threads() -> int:
         cores = os.cpu_count() or 1
         if setting not in ("", "auto"):
             _chosen = max(1, int(setting))
-        elif cores <= 1:
-            _chosen = 1
         else:
-            one, many = _time_workload(1), _time_workload(cores)
-            _chosen = cores if many < one * 0.9 else 1
+            busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+            free = max(1, int(cores - busy + 0.5))
+            if free <= 1:
+                _chosen = 1
+            else:
+                one, many = _time_workload(1), _time_workload(free)
+                _chosen = free if many < one * 0.8 else 1
         torch.set_num_threads(_chosen)
         return _chosen
