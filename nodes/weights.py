@@ -10,12 +10,13 @@ Diffusers folders are loaded by ``model_loading`` with ``use_safetensors=True``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["PICKLE_SUFFIXES", "SAFETENSORS_SUFFIXES", "UnsafeWeightsError", "WeightsError", "load_state_dict"]
+__all__ = ["PICKLE_SUFFIXES", "SAFETENSORS_SUFFIXES", "UnsafeWeightsError", "WeightsError", "load_checkpoint",
+           "load_state_dict"]
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -65,3 +66,20 @@ def load_state_dict(path: str | Path, *, allow_pickle: bool = True) -> dict[str,
             raise WeightsError(f"{str(p)!r} does not hold a flat dict of tensors")
         return data
     raise WeightsError(f"{str(p)!r}: unknown weight format {suffix or '(no extension)'}; use .safetensors")
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """Read a training checkpoint (nested dicts/lists of tensors and plain values, e.g. optimiser state).
+
+    Only through ``torch.load(weights_only=True)``: a checkpoint that would construct other objects is
+    refused with :class:`UnsafeWeightsError` instead of running code.
+    """
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"checkpoint {str(p)!r} does not exist")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UnsafeWeightsError(f"{str(p)!r} was refused by torch.load(weights_only=True): {exc}") from exc
