@@ -33,7 +33,7 @@ from .batch import (
     run_batch,
 )
 from .errors import WorkflowInvalid
-from .events import Event, JsonLinesSink
+from .events import Event, jsonl_sinks
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -190,13 +190,7 @@ def cmd_batch(args: argparse.Namespace, engine: Engine | None = None) -> int:
             sys.stdout.write(json.dumps({"run_id": run.run_id, "params": run.params, "out_dir": run.out_dir},
                                         default=str) + "\n")
         return EXIT_OK
-    sinks: list[Any] = []
-    events_stream = None
-    if args.events_file:
-        events_stream = open(args.events_file, "w", encoding="utf-8")  # noqa: SIM115
-        sinks.append(JsonLinesSink(events_stream))
-    elif args.events == "jsonl":
-        sinks.append(JsonLinesSink(sys.stdout))
+    sinks, events_stream = jsonl_sinks(args.events, args.events_file)
     progress = None if args.quiet else BatchProgress(sys.stderr)
     if progress is not None:
         sinks.append(progress)

@@ -140,18 +140,12 @@ def _cmd_validate(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, engine: Engine) -> int:
-    from .events import JsonLinesSink, TerminalProgress
+    from .events import TerminalProgress, jsonl_sinks
 
     if args.threads is not None:
         os.environ["REELGRAPH_THREADS"] = args.threads  # read by the nodes that use torch
 
-    sinks: list[Any] = []
-    events_stream = None
-    if args.events_file:
-        events_stream = open(args.events_file, "w", encoding="utf-8")  # noqa: SIM115
-        sinks.append(JsonLinesSink(events_stream))
-    elif args.events == "jsonl":
-        sinks.append(JsonLinesSink(sys.stdout))
+    sinks, events_stream = jsonl_sinks(args.events, args.events_file)
     if not args.quiet:
         sinks.append(TerminalProgress(sys.stderr))
     report = sys.stderr if args.events == "jsonl" and not args.events_file else sys.stdout

@@ -102,3 +102,16 @@ class TerminalProgress:
         elif ev.event == "run_finished":
             self._line(f"run {ev.extra.get('status', '?')} in {ev.seconds:.2f}s "
                        f"({ev.extra.get('ran', 0)} ran, {ev.extra.get('cached', 0)} cached)")
+
+
+def jsonl_sinks(events: str | None, events_file: str | None) -> tuple[list[Sink], TextIO | None]:
+    """The JSON-lines sink the command line asked for (``--events jsonl`` / ``--events-file F``).
+
+    Returns the sinks and the file it opened (the caller closes it), or no sink when neither was given.
+    """
+    if events_file:
+        stream = open(events_file, "w", encoding="utf-8")  # noqa: SIM115
+        return [JsonLinesSink(stream)], stream
+    if events == "jsonl":
+        return [JsonLinesSink(sys.stdout)], None
+    return [], None
