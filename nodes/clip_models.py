@@ -16,10 +16,7 @@ slightly different bicubic kernel).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +57,6 @@ _TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2
 _TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "image_size": _TINY_IMAGE_SIZE, "patch_size": 8, "projection_dim": 32}
 
-_build_lock = threading.Lock()
 _cache: dict[tuple[Any, ...], ClipModel] = {}
 _cache_lock = threading.Lock()
 
@@ -229,28 +225,11 @@ def _write_tiny_clip(folder: Path) -> None:
 
 
 def ensure_tiny_clip() -> Path:
-    """Return the tiny CLIP folder, building it first if missing (in a temporary sibling, renamed into place,
-    so readers only ever see a complete folder; a concurrent builder's folder wins)."""
+    """Return the tiny CLIP folder, building it first if missing (atomically; see ``tiny_models.build_once``)."""
+    from .tiny_models import build_once
+
     target = tiny_clip_dir()
-    if (target / "config.json").is_file():
-        return target
-    with _build_lock:
-        if (target / "config.json").is_file():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{TINY_CLIP_NAME}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            _write_tiny_clip(tmp)
-            try:
-                os.rename(tmp, target)
-            except OSError as exc:
-                if not (target / "config.json").is_file():
-                    raise OSError(f"cannot move the tiny CLIP into {target}: it exists but is incomplete; "
-                                  "delete it and retry") from exc
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(target, target / "config.json", _write_tiny_clip)
 
 
 # ----------------------------------------------------------------------------------------------- loading

@@ -466,6 +466,17 @@ def vae_encode(
     return Latents(tensor=out)
 
 
+def decode_input(vae: VAE, latents: Latents | torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
+    """Check latents for decoding (``[1, C, F, h, w]`` with the VAE's channel count); the tensor and F, h, w."""
+    tensor = latents.tensor if isinstance(latents, Latents) else latents
+    if tensor.ndim != 5 or tensor.shape[0] != 1:
+        raise ValueError(f"vae_decode takes latents of shape [1, C, F, h, w], got {tuple(tensor.shape)}")
+    _, channels, n, h, w = (int(s) for s in tensor.shape)
+    if channels != int(vae.module.config.latent_channels):
+        raise ValueError(f"the VAE takes {vae.module.config.latent_channels} latent channels, got {channels}")
+    return tensor, n, h, w
+
+
 def vae_decode(
     vae: VAE,
     latents: Latents | torch.Tensor,
@@ -483,14 +494,9 @@ def vae_decode(
     import torch
 
     chunk = _check_chunk(chunk_frames)
-    tensor = latents.tensor if isinstance(latents, Latents) else latents
-    if tensor.ndim != 5 or tensor.shape[0] != 1:
-        raise ValueError(f"vae_decode takes latents of shape [1, C, F, h, w], got {tuple(tensor.shape)}")
+    tensor, n, h, w = decode_input(vae, latents)
     module = vae.module
     device, dtype = _module_device_dtype(module)
-    _, channels, n, h, w = (int(s) for s in tensor.shape)
-    if channels != int(module.config.latent_channels):
-        raise ValueError(f"the VAE takes {module.config.latent_channels} latent channels, got {channels}")
     factor = vae.scale_factor
     out_channels = int(module.config.out_channels)
     out = torch.empty((n, out_channels, h * factor, w * factor), dtype=torch.float32)

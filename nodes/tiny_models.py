@@ -311,7 +311,7 @@ def _write_tiny_model(folder: Path) -> None:
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
-def _build_once(target: Path, complete: Path, write: Callable[[Path], None]) -> Path:
+def build_once(target: Path, complete: Path, write: Callable[[Path], None]) -> Path:
     """Return ``target``, first building it with ``write(tmp)`` into a unique temporary sibling and renaming
     it into place when ``complete`` (a file inside it, or ``target`` itself) is missing. If another process
     wins the race, its complete result is kept and ours is discarded, so readers never see a partial one."""
@@ -347,7 +347,7 @@ def ensure_tiny_model() -> Path:
     folder.
     """
     target = tiny_model_dir()
-    return _build_once(target, target / "model_index.json", _write_tiny_model)
+    return build_once(target, target / "model_index.json", _write_tiny_model)
 
 
 def _write_tiny_controlnet(folder: Path) -> None:
@@ -367,7 +367,7 @@ def ensure_tiny_controlnet() -> Path:
     """Return the folder of the tiny ControlNet (``builtin:tiny`` for ``load_controlnet``), building it first
     if it is missing; written atomically like the tiny model."""
     target = reelgraph_home() / "models" / TINY_CONTROLNET_NAME
-    return _build_once(target, target / "config.json", _write_tiny_controlnet)
+    return build_once(target, target / "config.json", _write_tiny_controlnet)
 
 
 def _lora_targets() -> dict[str, tuple[str, tuple[int, int]]]:
@@ -410,4 +410,4 @@ def ensure_tiny_lora() -> Path:
     are reproducible without shipping a binary.
     """
     target = reelgraph_home() / "models" / f"{TINY_LORA_NAME}.safetensors"
-    return _build_once(target, target, _write_tiny_lora)
+    return build_once(target, target, _write_tiny_lora)

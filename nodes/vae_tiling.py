@@ -135,14 +135,11 @@ def tiled_vae_decode(vae: VAE, latents: Latents | torch.Tensor, tile_size: int, 
     """
     import torch
 
-    tensor = latents.tensor if isinstance(latents, Latents) else latents
-    if tensor.ndim != 5 or tensor.shape[0] != 1:
-        raise ValueError(f"vae_decode takes latents of shape [1, C, F, h, w], got {tuple(tensor.shape)}")
+    from .sampling import decode_input
+
+    tensor, n, h, w = decode_input(vae, latents)
     module = vae.module
     device, dtype = _device_dtype(module)
-    _, channels, n, h, w = (int(s) for s in tensor.shape)
-    if channels != int(module.config.latent_channels):
-        raise ValueError(f"the VAE takes {module.config.latent_channels} latent channels, got {channels}")
     factor = vae.scale_factor
     tile, overlap = latent_tiles(factor, tile_size, tile_overlap)
     chunk = max(1, int(chunk_frames))
