@@ -195,12 +195,24 @@ class RayExecutor:
                     fail(spec, failed_outcome(spec.run_id, name, "worker_died",
                                               f"the Ray actor died during this run: {exc}", started))
                     try:  # Ray restarts a dead actor (max_restarts); carry on with it once it is back
-                        name = ray.get(actor.ready.remote())
+                        name = wait_until_back(actor)
                     except Exception:
                         return
                 except Exception as exc:
                     fail(spec, failed_outcome(spec.run_id, name, "worker_error", f"{type(exc).__name__}: {exc}",
                                               started))
+
+        def wait_until_back(actor: Any) -> str:
+            # While Ray restarts an actor, calls may fail fast with ActorUnavailableError: retry until the
+            # restart finishes; a RayActorError (restarts used up) or the ready timeout ends the wait.
+            until = time.monotonic() + self.ready_timeout
+            while True:
+                try:
+                    return ray.get(actor.ready.remote())
+                except ray.exceptions.ActorUnavailableError:
+                    if time.monotonic() > until or stop.is_set():
+                        raise
+                    time.sleep(0.2)
 
         def fail(spec: RunSpec, outcome: RunOutcome) -> None:
             results.put(("event", spec, finished_event(outcome)))
