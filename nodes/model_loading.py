@@ -31,6 +31,7 @@ _WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _SINGLE_FILE_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
 _DTYPES = ("float32", "float16", "bfloat16")
+_MEMORY_FORMATS = ("contiguous", "channels_last")
 
 Handles = tuple[UNet3D, VAE, TextEncoder, Scheduler]
 
@@ -77,11 +78,13 @@ def clear_model_cache() -> None:
 def _resolve_folder(source: str) -> Path:
     """Map a source id to a model folder, refusing single files and unknown builtins."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_SOURCE, ensure_tiny_model
+        from .tiny_models import TINY_RANDOM_SOURCE, TINY_SOURCE, builtin_model
 
-        if source != TINY_SOURCE:
-            raise ModelLoadError(f"unknown builtin model {source!r}; the only builtin is {TINY_SOURCE!r}")
-        return ensure_tiny_model().resolve()
+        try:
+            return builtin_model(source).resolve()
+        except KeyError:
+            raise ModelLoadError(f"unknown builtin model {source!r}; the builtins are {TINY_SOURCE!r} and "
+                                 f"{TINY_RANDOM_SOURCE!r}") from None
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix.lower() in _SINGLE_FILE_SUFFIXES:
@@ -157,9 +160,12 @@ def source_fingerprint(source: str) -> list[Any]:
     whose files change is loaded again.
     """
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_NAME
+        from .tiny_models import builtin_model_version
 
-        return [source, TINY_NAME]
+        try:
+            return [source, builtin_model_version(source)]
+        except KeyError:
+            return [source, None]
     path = Path(source).expanduser()
     if not path.is_dir():
         return [source, None]
@@ -246,13 +252,33 @@ def _load_folder(folder: Path, source: str, index: dict[str, Any], device: str, 
     )
 
 
-def load_model(source: str, device: str = "auto", dtype: str = "float32") -> Handles:
+def _apply_speedups(handles: Handles, memory_format: str, compile: bool) -> None:
+    """Convert the UNet3D's and the VAE's 2-D convolution weights to channels-last, and compile the UNet3D."""
+    import torch
+
+    unet, vae = handles[0].module, handles[1].module
+    if memory_format == "channels_last":
+        # Module.to(memory_format=...) refuses the UNet3D's 5-D temporal weights: convert the 4-D ones only.
+        for module in (unet, vae):
+            for param in module.parameters():
+                if param.dim() == 4:
+                    param.data = param.data.contiguous(memory_format=torch.channels_last)
+    if compile:
+        unet.compile()
+
+
+def load_model(source: str, device: str = "auto", dtype: str = "float32", memory_format: str = "contiguous",
+               compile: bool = False) -> Handles:
     """Load ``source`` (a diffusers text-to-video folder or ``builtin:tiny``) as
     ``(UNet3D, VAE, TextEncoder, Scheduler)`` handles on ``device`` in ``dtype``.
 
-    The result is cached per process: loading the same unchanged source with the same device and dtype
-    returns the very same handles (treat their modules as read-only). Raises ``ModelLoadError`` for a
-    missing or malformed folder, pickle-only weights, single-file checkpoints and unknown builtins.
+    ``memory_format="channels_last"`` stores the 2-D convolution weights of the UNet3D and the VAE
+    channels-last; ``compile=True`` wraps the UNet3D's forward in ``torch.compile`` (the first call compiles).
+    Both are optional speed-ups whose worth depends on the hardware: ``bench/optim_flags.py`` measures them.
+
+    The result is cached per process: loading the same unchanged source with the same settings returns the
+    very same handles (treat their modules as read-only). Raises ``ModelLoadError`` for a missing or
+    malformed folder, pickle-only weights, single-file checkpoints, unknown builtins and unknown settings.
     """
     if not isinstance(source, str) or not source:
         raise ModelLoadError(f"model source must be a non-empty string, got {source!r}")
@@ -261,14 +287,18 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32") -> Han
     _check_weights(folder)
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
-    key = (source, str(folder), resolved_device, str(torch_dtype), _fingerprint(folder))
+    if memory_format not in _MEMORY_FORMATS:
+        raise ModelLoadError(f"memory_format must be one of {_MEMORY_FORMATS}, got {memory_format!r}")
+    key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile),
+           _fingerprint(folder))
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
             return cached
         handles = _load_folder(folder, source, index, resolved_device, torch_dtype)
-        # Drop stale entries for the same source/folder/device/dtype (the files changed).
-        for old in [k for k in _cache if k[:4] == key[:4]]:
+        _apply_speedups(handles, memory_format, compile)
+        # Drop stale entries for the same source/folder/settings (the files changed).
+        for old in [k for k in _cache if k[:-1] == key[:-1]]:
             del _cache[old]
         _cache[key] = handles
         return handles

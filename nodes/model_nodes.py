@@ -33,6 +33,8 @@ def load_model(
     source: ModelSource = "builtin:tiny",
     device: Literal["auto", "cpu", "cuda"] = "auto",
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
+    memory_format: Literal["contiguous", "channels_last"] = "contiguous",
+    compile: bool = False,
 ) -> ModelParts:
     """Load a UNet3D text-to-video model (ModelScope/Zeroscope layout) once per process.
 
@@ -45,10 +47,15 @@ def load_model(
             ``builtin:tiny``, a small random model built locally on first use (no download).
         device: ``auto`` picks CUDA when available, else the CPU.
         dtype: the weights' precision; ``float32`` on CPU.
+        memory_format: ``channels_last`` stores the 2-D convolution weights channels-last, which some GPUs
+            run faster; on this project's CPU it was slower (see bench/RESULTS.md).
+        compile: wrap the UNet3D in ``torch.compile``; the first denoising step compiles (minutes on a CPU),
+            later steps may run faster. Worth it for long runs, not for one short clip.
     """
     configure_threads()
     try:
-        unet, vae, text_encoder, scheduler = _load_model(source, device=device, dtype=dtype)
+        unet, vae, text_encoder, scheduler = _load_model(source, device=device, dtype=dtype,
+                                                             memory_format=memory_format, compile=compile)
     except ModelLoadError as exc:
         raise NodeInputError(str(exc), input="source", code="model_load_failed") from exc
     return ModelParts(unet, vae, text_encoder, scheduler)

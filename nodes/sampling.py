@@ -87,7 +87,7 @@ def encode_prompt(
     if max(len(ids) for ids in untruncated) > max_length:
         logger.warning("prompt truncated to %d tokens (the text encoder's limit)", max_length)
 
-    with torch.no_grad():
+    with torch.inference_mode():
         prompt_embeds = embed(prompts, max_length)
         negative_embeds = None
         if do_cfg:
@@ -321,7 +321,7 @@ def denoise(
     timesteps = sched.timesteps
     generator = torch.Generator("cpu").manual_seed(int(seed))
 
-    with torch.no_grad():
+    with torch.inference_mode():
         if init is None:
             if noise is None:
                 noise = torch.randn(shape, generator=generator, device="cpu", dtype=dtype)
@@ -403,7 +403,7 @@ def ddim_invert(
     inverse.set_timesteps(steps, device=device)
     x = x.to(device=device, dtype=dtype)
     total = len(inverse.timesteps)
-    with torch.no_grad():
+    with torch.inference_mode():
         for i, t in enumerate(inverse.timesteps):
             pred = predict(x, t, inverse, total - 1 - i, total)
             x = inverse.step(pred, t, x).prev_sample
@@ -454,7 +454,7 @@ def vae_encode(
     draws = None
     if generator is not None:
         draws = torch.randn(lat_shape, generator=generator, device=generator.device, dtype=dtype)
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             pixels = frames[start:stop].to(device=device, dtype=dtype) * 2.0 - 1.0
@@ -501,7 +501,7 @@ def vae_decode(
     out_channels = int(module.config.out_channels)
     out = torch.empty((n, out_channels, h * factor, w * factor), dtype=torch.float32)
     inv_scale = 1 / vae.scaling_factor
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             z = tensor[0, :, start:stop].permute(1, 0, 2, 3).to(device=device, dtype=dtype)

@@ -45,8 +45,11 @@ __all__ = [
     "TINY_LORA_NAME",
     "TINY_LORA_SOURCE",
     "TINY_NAME",
+    "TINY_RANDOM_SOURCE",
     "TINY_SOURCE",
     "build_tiny_tokenizer_files",
+    "builtin_model",
+    "builtin_model_version",
     "ensure_tiny_controlnet",
     "ensure_tiny_lora",
     "ensure_tiny_model",
@@ -54,8 +57,10 @@ __all__ = [
     "tiny_model_dir",
 ]
 
-#: The source id that ``load_model`` resolves to the tiny folder.
+#: The source id of the default model: ``load_model``'s default (see ``builtin_model``).
 TINY_SOURCE = "builtin:tiny"
+#: The source id of the deterministic random model (fast tests; its output is noise).
+TINY_RANDOM_SOURCE = "builtin:tiny-random"
 #: Folder name; bump the version whenever a config, the corpus or the seed changes.
 TINY_NAME = "tiny-v1"
 
@@ -348,6 +353,21 @@ def ensure_tiny_model() -> Path:
     """
     target = tiny_model_dir()
     return build_once(target, target / "model_index.json", _write_tiny_model)
+
+
+def builtin_model_version(source: str) -> str:
+    """A short id of the content behind a ``builtin:`` text-to-video source (cache keys change with it).
+    Raises ``KeyError`` for an unknown builtin."""
+    if source in (TINY_SOURCE, TINY_RANDOM_SOURCE):
+        return TINY_NAME
+    raise KeyError(source)
+
+
+def builtin_model(source: str) -> Path:
+    """The folder of a ``builtin:`` text-to-video source, built first if needed. Raises ``KeyError`` for an
+    unknown builtin."""
+    builtin_model_version(source)
+    return ensure_tiny_model()
 
 
 def _write_tiny_controlnet(folder: Path) -> None:

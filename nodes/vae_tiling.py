@@ -150,7 +150,7 @@ def tiled_vae_decode(vae: VAE, latents: Latents | torch.Tensor, tile_size: int, 
     def decode(z: torch.Tensor) -> torch.Tensor:
         return module.decode(inv_scale * z).sample * 0.5 + 0.5
 
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             z = tensor[0, :, start:stop].permute(1, 0, 2, 3).to(device=device, dtype=dtype)
@@ -185,7 +185,7 @@ def tiled_vae_encode(vae: VAE, video: Video, tile_size: int, tile_overlap: int =
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         return module.encode(pixels).latent_dist.mean * vae.scaling_factor
 
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
             pixels = video.frames[start:stop].to(device=device, dtype=dtype) * 2.0 - 1.0

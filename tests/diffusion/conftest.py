@@ -42,8 +42,8 @@ def tiny_dir(reelgraph_home: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny(tiny_dir: Path) -> Iterator[tuple]:
-    """``load_model("builtin:tiny")`` handles (UNet3D, VAE, TextEncoder, Scheduler)."""
+    """``load_model("builtin:tiny-random")`` handles (UNet3D, VAE, TextEncoder, Scheduler)."""
     from reelgraph.nodes.model_loading import clear_model_cache, load_model
 
-    yield load_model("builtin:tiny", device="cpu")
+    yield load_model("builtin:tiny-random", device="cpu")
     clear_model_cache()

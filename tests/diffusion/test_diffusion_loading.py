@@ -20,12 +20,12 @@ for _name in ("diffusers", "transformers", "safetensors"):
 
 def test_builtin_tiny_loads_and_is_cached(tiny, tiny_dir: Path) -> None:
     unet, vae, text_encoder, scheduler = tiny
-    assert unet.source == vae.source == text_encoder.source == scheduler.source == "builtin:tiny"
+    assert unet.source == vae.source == text_encoder.source == scheduler.source == "builtin:tiny-random"
     assert type(unet.module).__name__ == "UNet3DConditionModel"
     assert unet.vae_scale_factor == vae.scale_factor == 4
     assert scheduler.class_name == "DDIMScheduler"
     assert text_encoder.tokenizer.model_max_length == 77
-    assert load_model("builtin:tiny", device="cpu") is tiny
+    assert load_model("builtin:tiny-random", device="cpu") is tiny
     assert load_model(str(tiny_dir), device="cpu")[0].source == str(tiny_dir)
     for sub in ("unet", "vae", "text_encoder"):
         assert list((tiny_dir / sub).glob("*.safetensors"))
@@ -166,3 +166,25 @@ def test_changed_folder_is_reloaded(tiny_dir: Path, tmp_path: Path) -> None:
     second = load_model(str(folder), device="cpu")
     assert second is not first
     assert second[3].config["steps_offset"] == 0
+
+
+def test_speed_flags_load_separately_and_keep_outputs(tiny, tiny_dir: Path) -> None:
+    """channels_last gives the default output (to float rounding) from its own cached copy; compile wraps the
+    UNet3D (not called here: compiling takes minutes on a CPU); an unknown memory format is refused."""
+    source = str(tiny_dir)
+    base = load_model(source, device="cpu")
+    fast = load_model(source, device="cpu", memory_format="channels_last")
+    assert fast is not base and fast is load_model(source, device="cpu", memory_format="channels_last")
+    conv = fast[0].module.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert base[0].module.conv_in.weight.is_contiguous()  # the default copy is untouched
+    gen = torch.Generator("cpu").manual_seed(0)
+    x, emb = torch.randn((1, 4, 3, 8, 8), generator=gen), torch.randn((1, 77, 32), generator=gen)
+    with torch.inference_mode():
+        want = base[0].module(x, 10, encoder_hidden_states=emb).sample
+        got = fast[0].module(x, 10, encoder_hidden_states=emb).sample
+    assert (got - want).abs().max().item() < 1e-4
+    compiled = load_model(source, device="cpu", compile=True)[0].module
+    assert compiled._compiled_call_impl is not None and base[0].module._compiled_call_impl is None
+    with pytest.raises(ModelLoadError, match="memory_format must be one of"):
+        load_model(source, device="cpu", memory_format="channels_first")

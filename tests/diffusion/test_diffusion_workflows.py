@@ -195,7 +195,7 @@ def test_too_large_decode_is_refused_before_allocating(engine: Engine, tmp_path:
     err = info.value
     assert (err.code, err.node, err.input) == ("too_large", "decode", "latents")
     assert "decoding 4 frames of 32x32" in err.message
-    assert load_model("builtin:tiny", device="cpu")  # the shared model is untouched and still loads
+    assert load_model("builtin:tiny-random", device="cpu")  # the shared model is untouched and still loads
 
 
 def test_too_large_denoise_is_refused_and_context_windows_are_the_way_out(engine: Engine, tmp_path: Path) -> None:
@@ -206,6 +206,6 @@ def test_too_large_denoise_is_refused_and_context_windows_are_the_way_out(engine
     assert (err.code, err.node, err.input) == ("too_large", "sample", "frames")
     doc = json.loads(T2V.read_text())
     doc["nodes"]["sample"]["inputs"]["context_frames"] = 8
-    doc["params"]["model"]["default"] = "builtin:tiny"
+    doc["params"]["model"]["default"] = "builtin:tiny-random"
     result = engine.run(doc, params, outputs=["sample.latents"], out_dir=tmp_path, max_memory=4 * 1024**2)
     assert result.outputs["sample.latents"].num_frames == 64

@@ -207,7 +207,7 @@ def _branches(lora_path: Path) -> dict[str, Any]:
     sample = {"scheduler": {"from": "model.scheduler"}, "frames": 4, "height": 32, "width": 32, "steps": 3,
               "seed": 5, "guidance_scale": 7.5}
     return {"reelgraph": 1, "name": "branches", "nodes": {
-        "model": {"type": "load_model", "inputs": {"source": "builtin:tiny"}},
+        "model": {"type": "load_model", "inputs": {"source": "builtin:tiny-random"}},
         "lora": {"type": "load_lora", "inputs": {"unet": {"from": "model.unet"},
                                                   "text_encoder": {"from": "model.text_encoder"},
                                                   "source": str(lora_path)}},

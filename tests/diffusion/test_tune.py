@@ -232,7 +232,7 @@ def _tune_graph(save: bool = False) -> dict[str, Any]:
     if save:
         tune_inputs["save_path"] = "tuned.safetensors"
     return {"reelgraph": 1, "name": "tune", "params": {"seed": {"type": "int", "default": 0}}, "nodes": {
-        "model": {"type": "load_model", "inputs": {"source": "builtin:tiny"}},
+        "model": {"type": "load_model", "inputs": {"source": "builtin:tiny-random"}},
         "clip": {"type": "load_video", "inputs": {"path": str(ASSET), "max_frames": 8}},
         "encode": {"type": "vae_encode", "inputs": {"vae": {"from": "model.vae"}, "video": {"from": "clip.video"}}},
         "tune": {"type": "tune_video", "inputs": tune_inputs}}}

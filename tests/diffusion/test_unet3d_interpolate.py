@@ -123,7 +123,7 @@ def test_node_in_a_workflow(reelgraph_home: Path, make_engine: Callable[..., Eng
         "reelgraph": 1,
         "params": {"keyframes": {"type": "int", "default": 3}, "overlap": {"type": "int", "default": 2}},
         "nodes": {
-            "model": {"type": "load_model", "inputs": {"source": "builtin:tiny"}},
+            "model": {"type": "load_model", "inputs": {"source": "builtin:tiny-random"}},
             "text": {"type": "clip_text_encode", "inputs": {"text_encoder": {"from": "model.text_encoder"},
                                                              "prompt": "a red circle moving left"}},
             "keys": {"type": "unet3d_denoise",
