@@ -78,13 +78,15 @@ def clear_model_cache() -> None:
 def _resolve_folder(source: str) -> Path:
     """Map a source id to a model folder, refusing single files and unknown builtins."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_RANDOM_SOURCE, TINY_SOURCE, builtin_model
+        from .tiny_models import TINY_RANDOM_SOURCE, TINY_SOURCE, WeightsMismatch, builtin_model
 
         try:
             return builtin_model(source).resolve()
         except KeyError:
             raise ModelLoadError(f"unknown builtin model {source!r}; the builtins are {TINY_SOURCE!r} and "
                                  f"{TINY_RANDOM_SOURCE!r}") from None
+        except WeightsMismatch as exc:
+            raise ModelLoadError(f"{source}: {exc}") from None
     path = Path(source).expanduser()
     if path.is_file():
         if path.suffix.lower() in _SINGLE_FILE_SUFFIXES:
@@ -160,11 +162,11 @@ def source_fingerprint(source: str) -> list[Any]:
     whose files change is loaded again.
     """
     if source.startswith("builtin:"):
-        from .tiny_models import builtin_model_version
+        from .tiny_models import WeightsMismatch, builtin_model_version
 
         try:
             return [source, builtin_model_version(source)]
-        except KeyError:
+        except (KeyError, WeightsMismatch):  # load_model reports it
             return [source, None]
     path = Path(source).expanduser()
     if not path.is_dir():

@@ -43,12 +43,14 @@ def load_model(
     folder whose files change (size or mtime) is loaded again.
 
     Args:
-        source: a diffusers folder with ``model_index.json`` (relative to the workflow's folder), or
-            ``builtin:tiny``, a small random model built locally on first use (no download).
+        source: a diffusers folder with ``model_index.json`` (relative to the workflow's folder);
+            ``builtin:tiny``, the small model shipped with reelgraph, trained on coloured shapes moving
+            (prompts like ``a red circle moving left``, 8 frames of 32x32; its sha256 is checked on load); or
+            ``builtin:tiny-random``, the same architecture with random weights (fast tests; makes noise).
         device: ``auto`` picks CUDA when available, else the CPU.
         dtype: the weights' precision; ``float32`` on CPU.
         memory_format: ``channels_last`` stores the 2-D convolution weights channels-last, which some GPUs
-            run faster; on this project's CPU it was slower (see bench/RESULTS.md).
+            run faster (bench/optim_flags.py measures it; see bench/RESULTS.md).
         compile: wrap the UNet3D in ``torch.compile``; the first denoising step compiles (minutes on a CPU),
             later steps may run faster. Worth it for long runs, not for one short clip.
     """

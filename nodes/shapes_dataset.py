@@ -6,8 +6,9 @@ downloaded: every clip is drawn from its index and the dataset seed, so ``make_c
 pixels on every machine (CPU float32 arithmetic only).
 
 A clip is ``frames`` frames of ``size x size`` RGB in ``[0, 1]`` (default 8 frames of 32x32, which the tiny
-VAE's factor 4 turns into 8x8 latents). The shape (circle, square or triangle, about 10 pixels across) moves
-``speed`` pixels per frame in one of four directions, fully inside the frame; the background is a dark grey
+VAE's factor 4 turns into 8x8 latents). The shape (circle, square or triangle, about 10 pixels across) crosses
+the frame at ``speed`` pixels per frame in one of four directions, along the centre line and fully inside the
+frame; the background is a dark grey
 with a faint static texture, grey so it never passes the tracker's saturation threshold. The caption reads
 ``"a red circle moving left"``.
 
@@ -71,25 +72,31 @@ def caption(colour: str, shape: str, direction: str) -> str:
 def clip_params(seed: int, index: int, frames: int = 8, size: int = 32) -> Clip:
     """Draw the parameters of clip ``index`` of the dataset ``seed``, deterministically.
 
-    Colour, shape and direction are uniform; the speed is 1.5 to 2.5 pixels per frame; the start is uniform
-    over the positions that keep the whole path (shape included) inside the frame.
+    Colour, shape and direction are uniform. The shape crosses the frame: the speed is 2.3 to 2.7 pixels per
+    frame, so the path spans most of the frame, starting near the edge it moves away from (uniform over the
+    starts that keep the whole path, shape included, inside); across the motion it stays within 2 pixels of
+    the centre line. Where the shape is in each frame thus follows from the caption, which is what lets a
+    model this small learn the direction words (see docs/default_model.md).
     """
     rng = random.Random(f"shapes:{seed}:{index}")
     colour = rng.choice(sorted(COLOURS))
     shape = rng.choice(SHAPES)
     direction = rng.choice(sorted(DIRECTIONS))
-    speed = rng.uniform(1.5, 2.5)
+    speed = rng.uniform(2.3, 2.7)
     travel = speed * (frames - 1)
     margin = _RADIUS + 1.0
-    if travel > size - 2 * margin:
+    if travel > size - 1 - 2 * margin:
         raise ValueError(f"a {size}-pixel frame is too small for {frames} frames at {speed:.2f} px/frame")
     dx, dy = DIRECTIONS[direction]
+    centre = (size - 1) / 2
 
     def coordinate(step: int) -> float:
+        if step == 0:
+            return centre + rng.uniform(-2.0, 2.0)
         lo, hi = margin, size - 1 - margin
         if step > 0:
             hi -= travel
-        elif step < 0:
+        else:
             lo += travel
         return rng.uniform(lo, hi)
 

@@ -1,4 +1,10 @@
-"""``builtin:tiny``: a tiny random text-to-video model, built locally and cached on disk.
+"""The builtin text-to-video models: ``builtin:tiny`` (trained, shipped) and ``builtin:tiny-random``.
+
+``builtin:tiny`` is the default model: a tiny model trained on the coloured-shapes world
+(``shapes_dataset``, ``tools/train_tiny.py``, ``docs/default_model.md``), shipped as fp16 safetensors in
+``nodes/models/tiny-shapes-v1`` with a ``SHA256SUMS`` that is checked once per process before it loads.
+
+``builtin:tiny-random`` has the same configs with random weights; the rest of this docstring is about it.
 
 Tests, examples and CI need a real ``UNet3DConditionModel`` + ``AutoencoderKL`` + CLIP text model without
 reaching a model hub. This module builds one from fixed configs and a fixed seed and writes it once, in the
@@ -47,6 +53,8 @@ __all__ = [
     "TINY_NAME",
     "TINY_RANDOM_SOURCE",
     "TINY_SOURCE",
+    "TRAINED_NAME",
+    "WeightsMismatch",
     "build_tiny_tokenizer_files",
     "builtin_model",
     "builtin_model_version",
@@ -55,6 +63,8 @@ __all__ = [
     "ensure_tiny_model",
     "reelgraph_home",
     "tiny_model_dir",
+    "trained_model_dir",
+    "verify_sha256sums",
 ]
 
 #: The source id of the default model: ``load_model``'s default (see ``builtin_model``).
@@ -63,6 +73,8 @@ TINY_SOURCE = "builtin:tiny"
 TINY_RANDOM_SOURCE = "builtin:tiny-random"
 #: Folder name; bump the version whenever a config, the corpus or the seed changes.
 TINY_NAME = "tiny-v1"
+#: Folder (under ``nodes/models``) of the shipped trained model; see docs/default_model.md.
+TRAINED_NAME = "tiny-shapes-v1"
 
 _SEED = 20240607
 
@@ -355,17 +367,72 @@ def ensure_tiny_model() -> Path:
     return build_once(target, target / "model_index.json", _write_tiny_model)
 
 
+class WeightsMismatch(ValueError):
+    """A shipped model's files do not match the SHA256SUMS written when it was exported."""
+
+
+def verify_sha256sums(folder: Path) -> str:
+    """Check every file listed in ``folder/SHA256SUMS`` (and that none is missing); return the digest of the
+    SHA256SUMS file itself, which identifies the whole model. Raises ``WeightsMismatch`` naming the files."""
+    import hashlib
+
+    sums = folder / "SHA256SUMS"
+    try:
+        listing = sums.read_bytes()
+    except OSError as exc:
+        raise WeightsMismatch(f"{folder} has no readable SHA256SUMS ({exc.strerror})") from None
+    bad = []
+    for line in listing.decode("utf-8").splitlines():
+        digest, _, name = line.partition("  ")
+        path = folder / name
+        try:
+            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            actual = "missing"
+        if actual != digest:
+            found = "missing" if actual == "missing" else f"sha256 {actual[:12]}…, expected {digest[:12]}…"
+            bad.append(f"{name} ({found})")
+    if bad:
+        raise WeightsMismatch(f"the shipped model in {folder} does not match its SHA256SUMS: {', '.join(bad)}; "
+                              "reinstall reelgraph (or `git checkout` the folder) to restore it")
+    return hashlib.sha256(listing).hexdigest()
+
+
+def trained_model_dir() -> Path:
+    """The folder of the shipped trained model (``builtin:tiny``), inside the installed package."""
+    return Path(__file__).resolve().parent / "models" / TRAINED_NAME
+
+
+_verified: dict[tuple[str, int], str] = {}
+
+
+def _verified_trained_model() -> tuple[Path, str]:
+    """The trained model's folder and digest, its SHA256SUMS checked once per process (again if it changes)."""
+    folder = trained_model_dir()
+    sums = folder / "SHA256SUMS"
+    key = (str(folder), sums.stat().st_mtime_ns if sums.exists() else -1)
+    with _build_lock:
+        if key not in _verified:
+            _verified[key] = verify_sha256sums(folder)
+        return folder, _verified[key]
+
+
 def builtin_model_version(source: str) -> str:
     """A short id of the content behind a ``builtin:`` text-to-video source (cache keys change with it).
-    Raises ``KeyError`` for an unknown builtin."""
-    if source in (TINY_SOURCE, TINY_RANDOM_SOURCE):
+    Raises ``KeyError`` for an unknown builtin and ``WeightsMismatch`` for altered shipped weights."""
+    if source == TINY_SOURCE:
+        return f"{TRAINED_NAME}:{_verified_trained_model()[1][:16]}"
+    if source == TINY_RANDOM_SOURCE:
         return TINY_NAME
     raise KeyError(source)
 
 
 def builtin_model(source: str) -> Path:
-    """The folder of a ``builtin:`` text-to-video source, built first if needed. Raises ``KeyError`` for an
-    unknown builtin."""
+    """The folder of a ``builtin:`` text-to-video source: the shipped trained model (its sha256 checked) or
+    the random one (built first if needed). Raises ``KeyError`` for an unknown builtin and
+    ``WeightsMismatch`` for altered shipped weights."""
+    if source == TINY_SOURCE:
+        return _verified_trained_model()[0]
     builtin_model_version(source)
     return ensure_tiny_model()
 

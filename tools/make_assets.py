@@ -1,7 +1,11 @@
 """Make the small procedural clips shipped in ``workflows/assets/`` (deterministic; a few KB each).
 
-Run: ``python tools/make_assets.py``. The edit workflow's default source clip is
-``red_circle_left.mp4``: a red disc moving left over a light grey background, 8 frames of 32x32 at 8 fps.
+Run: ``python tools/make_assets.py``. Two clips, 8 frames of 32x32 at 8 fps:
+
+- ``red_circle_right.mp4``: the edit workflow's default source, a clip of the coloured-shapes world the default
+  model was trained on (``reelgraph.nodes.shapes_dataset``, held-out dataset seed ``ASSET_SEED``).
+- ``red_circle_left.mp4``: a red disc moving left over a light grey background, drawn here (tests of
+  interpolation, metrics and tuning use it).
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ from pathlib import Path
 
 import torch
 
+from reelgraph.nodes.shapes_dataset import make_clip
 from reelgraph.nodes.values import Video
 from reelgraph.nodes.video_io import write_video
 
 ASSETS = Path(__file__).resolve().parents[1] / "workflows" / "assets"
+#: The dataset seed the shipped shapes clips come from (the training run uses another).
+ASSET_SEED = 2000
 
 
 def moving_disc(
@@ -37,10 +44,22 @@ def moving_disc(
     return Video(out, fps=8.0)
 
 
+def shapes_clip(colour: str, shape: str, direction: str) -> Video:
+    """The first clip of dataset ``ASSET_SEED`` showing ``colour shape moving direction``."""
+    index = 0
+    while True:
+        frames, clip = make_clip(ASSET_SEED, index)
+        if (clip.colour, clip.shape, clip.direction) == (colour, shape, direction):
+            return Video(frames, fps=8.0)
+        index += 1
+
+
 def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
-    path = write_video(moving_disc(), ASSETS / "red_circle_left.mp4", crf=18)
-    print(f"{path} ({path.stat().st_size} bytes)")
+    for name, video in (("red_circle_left.mp4", moving_disc()),
+                        ("red_circle_right.mp4", shapes_clip("red", "circle", "right"))):
+        path = write_video(video, ASSETS / name, crf=18)
+        print(f"{path} ({path.stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

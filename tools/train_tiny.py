@@ -131,7 +131,7 @@ class Trainer:
         """Restore ``state_dict`` output (the config must match, apart from run-length settings)."""
         mine = _config_of(self.args)
         # Checkpoints older than --timesteps / --motion-weight were uniform, without the motion term.
-        theirs = {"timesteps": "uniform", "motion_weight": 0.0, **state["config"]}
+        theirs = {"timesteps": "uniform", "motion_weight": 0.0, "object_weight": 0.0, **state["config"]}
         if mine != theirs:
             raise SystemExit(f"checkpoint was trained with {theirs}, not {mine}")
         self.vae.load_state_dict(state["vae"])
@@ -201,7 +201,16 @@ class Trainer:
         self.text.train()
         embeds = self.text(self.ids(texts))[0]
         pred = self.unet(noisy, t, encoder_hidden_states=embeds).sample
-        loss = torch.nn.functional.mse_loss(pred, target)
+        if a.object_weight:
+            # Latent cells under the shape (saturated pixels, max-pooled to the latent grid) weigh more: they
+            # are few, and where the shape is in each frame is what the prompt's direction decides.
+            chroma = (clips.amax(2) - clips.amin(2)) > 0.3  # [B, F, H, W]
+            factor = clips.shape[-1] // latents.shape[-1]
+            under = torch.nn.functional.max_pool2d(chroma.float(), factor).unsqueeze(1)  # [B, 1, F, h, w]
+            weight = 1.0 + a.object_weight * under
+            loss = (weight * (pred - target) ** 2).mean() / weight.mean()
+        else:
+            loss = torch.nn.functional.mse_loss(pred, target)
         if a.motion_weight:
             # Frame-to-frame differences carry the motion; weighting them makes direction errors cost more.
             step = torch.nn.functional.mse_loss(pred.diff(dim=2), target.diff(dim=2))
@@ -238,21 +247,27 @@ class Trainer:
 
 
 def sample_timesteps(count: int, total: int, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Training timesteps: ``uniform`` over ``[0, total)``, or ``high``: ``total * sqrt(u)``, a density rising
+    """Training timesteps: ``uniform`` over ``[0, total)``; ``high``: ``total * sqrt(u)``, a density rising
     linearly with t (mean 2/3 of ``total``), so more steps are spent where the clip must come from the text
-    alone: at low noise the noisy input already shows the direction, and the text barely matters."""
+    alone: at low noise the noisy input already shows the direction, and the text barely matters; or
+    ``high-top``: the first half of the batch from the last 50 timesteps (almost pure noise, where only the
+    caption can say which way the shape goes), the rest ``high``."""
     u = torch.rand(count, generator=generator)
     if mode == "uniform":
         return (u * total).long().clamp(max=total - 1)
+    high = (u.sqrt() * total).long().clamp(max=total - 1)
     if mode == "high":
-        return (u.sqrt() * total).long().clamp(max=total - 1)
-    raise ValueError(f"unknown timestep sampling {mode!r}; use uniform or high")
+        return high
+    if mode == "high-top":
+        top = (total - 50 + torch.rand(count, generator=generator) * 50).long().clamp(max=total - 1)
+        return torch.where(torch.arange(count) < count // 2, top, high)
+    raise ValueError(f"unknown timestep sampling {mode!r}; use uniform, high or high-top")
 
 
 def _config_of(args: argparse.Namespace) -> dict[str, Any]:
     """The settings that define the trajectory (a resumed run must use the same)."""
     keys = ("seed", "vae_steps", "vae_batch", "vae_lr", "kl_weight", "batch", "lr", "caption_dropout",
-            "timesteps", "motion_weight")
+            "timesteps", "motion_weight", "object_weight")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -441,6 +456,78 @@ def evaluate(model: str, seeds: list[int], shapes: list[str], steps: int, guidan
     return {"n": n, "rates": {k: v / n for k, v in hits.items()}, "confusion": confusion, "rows": rows}
 
 
+def source_clips(count: int, colour: str = "red", shape: str = "circle", direction: str = "right",
+                 seed: int = 1000) -> list[Any]:
+    """The first ``count`` clips of dataset ``seed`` showing ``colour shape moving direction`` (held out: the
+    training run draws from dataset ``--seed``)."""
+    from reelgraph.nodes.shapes_dataset import make_clip
+
+    found, index = [], 0
+    while len(found) < count:
+        frames, clip = make_clip(seed, index)
+        if (clip.colour, clip.shape, clip.direction) == (colour, shape, direction):
+            found.append((frames, clip))
+        index += 1
+    return found
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _path_distance(a: Any, b: Any) -> float:
+    """Mean distance in pixels between two tracks' centroids over the frames where both were found."""
+    pairs = [(p, q) for p, q in zip(a.path, b.path, strict=True) if p is not None and q is not None]
+    if not pairs:
+        return float("inf")
+    return sum(((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2) ** 0.5 for p, q in pairs) / len(pairs)
+
+
+def evaluate_edit(model: str, clips: int, steps: int, guidance: float, target_colour: str = "blue",
+                  sheet: Path | None = None) -> dict[str, Any]:
+    """Run ``workflows/edit_video.json`` on held-out "red circle moving right" clips (written as mp4 and read
+    back), editing to ``target_colour``; track the results, and measure the inversion round trip (invert and
+    regenerate under the source caption) against the source as PSNR."""
+    import tempfile
+
+    from reelgraph import Engine
+    from reelgraph.nodes.metrics import psnr_per_frame
+    from reelgraph.nodes.tracking import track
+    from reelgraph.nodes.values import Video
+    from reelgraph.nodes.video_io import write_video
+
+    workflow = Path(__file__).resolve().parents[1] / "workflows" / "edit_video.json"
+    engine = Engine(entry_points=False, env=False)
+    rows, hits, rows_png = [], 0, []
+    with tempfile.TemporaryDirectory() as tmp:
+        roots = [tmp] + ([model] if not model.startswith("builtin:") else [])
+        for i, (frames, clip) in enumerate(source_clips(clips)):
+            src = write_video(Video(frames, fps=8.0), Path(tmp) / f"source-{i}.mp4", crf=18)
+            base = {"model": model, "source": str(src), "source_caption": clip.caption, "steps": steps,
+                    "guidance_scale": guidance, "seed": i}
+            want = ["clip.video", "decode.video"]
+            edited = engine.run(workflow, {**base, "prompt": caption(target_colour, clip.shape, clip.direction)},
+                                outputs=want, out_dir=tmp, allow_paths=roots).outputs
+            same = engine.run(workflow, {**base, "prompt": clip.caption, "guidance_scale": 1.0},
+                              outputs=["decode.video"], out_dir=tmp, allow_paths=roots).outputs
+            source = edited["clip.video"].frames
+            out = edited["decode.video"].frames
+            t_src, t_out = track(source), track(out)
+            ok = t_out.colour == target_colour and t_out.direction == clip.direction
+            hits += ok
+            rows.append({"clip": i, "colour": t_out.colour, "direction": t_out.direction, "ok": ok,
+                         "trajectory_px": round(_path_distance(t_src, t_out), 2),
+                         "roundtrip_psnr_db": round(_mean(psnr_per_frame(same["decode.video"].frames, source)), 2)})
+            rows_png += [source, out, same["decode.video"].frames]
+    if sheet is not None:
+        write_sheet(rows_png, sheet)
+    n = len(rows)
+    finite = [r["trajectory_px"] for r in rows if r["trajectory_px"] != float("inf")]
+    return {"n": n, "rate": hits / n, "mean_trajectory_px": sum(finite) / max(len(finite), 1),
+            "max_trajectory_px": max(finite, default=float("inf")),
+            "mean_roundtrip_psnr_db": sum(r["roundtrip_psnr_db"] for r in rows) / n, "rows": rows}
+
+
 # ------------------------------------------------------------------------------------------------- cli
 def parser() -> argparse.ArgumentParser:
     """The command line: ``train``, ``export`` and ``eval``."""
@@ -458,10 +545,12 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--batch", type=int, default=16)
         s.add_argument("--lr", type=float, default=1e-3)
         s.add_argument("--caption-dropout", type=float, default=0.1)
-        s.add_argument("--timesteps", choices=("high", "uniform"), default="high",
+        s.add_argument("--timesteps", choices=("high-top", "high", "uniform"), default="high-top",
                        help="UNet timestep sampling: uniform, or density rising with t")
         s.add_argument("--motion-weight", type=float, default=2.0,
                        help="weight of the extra loss on frame-to-frame differences of the v target")
+        s.add_argument("--object-weight", type=float, default=0.0,
+                       help="extra loss weight on latent cells under the shape (0 = plain MSE)")
         s.add_argument("--threads", type=int, default=1)
         s.add_argument("--save-every", type=int, default=250)
         s.add_argument("--log-every", type=int, default=20)
@@ -473,11 +562,19 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, nargs="+", default=[0])
     e.add_argument("--shapes", nargs="+", default=["circle"], choices=SHAPES)
     e.add_argument("--steps", type=int, default=20)
-    e.add_argument("--guidance", type=float, default=4.0)
+    e.add_argument("--guidance", type=float, default=5.0, help="the text2video workflow's default")
     e.add_argument("--negative", default="")
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--json", type=Path, default=None)
     e.add_argument("--sheet", type=Path, default=None, help="write the generated clips as a PNG, one per row")
+    d = sub.add_parser("eval-edit", help="edit held-out red-circle-right clips to blue; inversion round trip")
+    d.add_argument("--model", required=True)
+    d.add_argument("--clips", type=int, default=10)
+    d.add_argument("--steps", type=int, default=20)
+    d.add_argument("--guidance", type=float, default=5.0)
+    d.add_argument("--threads", type=int, default=1)
+    d.add_argument("--json", type=Path, default=None)
+    d.add_argument("--sheet", type=Path, default=None, help="rows: source, edit, round trip")
     return p
 
 
@@ -517,6 +614,11 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"no checkpoint in {args.ckpt_dir}")
         out = export_model(trainer, args.out or args.ckpt_dir / "model")
         print(f"exported step {trainer.step} to {out}")
+    elif args.command == "eval-edit":
+        result = evaluate_edit(args.model, args.clips, args.steps, args.guidance, sheet=args.sheet)
+        print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
     else:
         result = evaluate(args.model, args.seeds, args.shapes, args.steps, args.guidance, args.negative,
                           args.sheet)

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 ROOT = Path(__file__).resolve().parents[2]
 T2V = ROOT / "workflows" / "text2video.json"
 EDIT = ROOT / "workflows" / "edit_video.json"
-FAST = {"steps": 4, "frames": 4}
+FAST = {"steps": 4, "frames": 4, "model": "builtin:tiny-random"}  # the shipped default is the trained model
 
 
 @pytest.fixture
@@ -32,8 +32,8 @@ def engine(reelgraph_home: Path, make_engine: Callable[..., Engine]) -> Engine:
 def test_text2video_equals_diffusers_pipeline(engine: Engine, tiny_dir: Path, tmp_path: Path) -> None:
     from diffusers import TextToVideoSDPipeline
 
-    params = {"prompt": "a green square moving up", "negative_prompt": "blurry", "seed": 11, "steps": 6,
-              "frames": 8, "guidance_scale": 7.5}
+    params = {"model": "builtin:tiny-random", "prompt": "a green square moving up", "negative_prompt": "blurry",
+              "seed": 11, "steps": 6, "frames": 8, "guidance_scale": 7.5}
     result = engine.run(T2V, params, outputs=["decode.video"], out_dir=tmp_path)
     ours = result.outputs["decode.video"].frames
     with warnings.catch_warnings():
@@ -52,10 +52,10 @@ def test_edit_workflow_is_invert_then_denoise(engine: Engine, tiny: tuple, tmp_p
 
     result = engine.run(EDIT, FAST, outputs=["invert.noise", "sample.latents", "encode.latents"], out_dir=tmp_path)
     unet, _, text_encoder, scheduler = tiny
-    caption = sampling.encode_prompt(text_encoder, "a red circle moving left", "", guidance=True)
+    caption = sampling.encode_prompt(text_encoder, "a red circle moving right", "", guidance=True)
     noise = sampling.ddim_invert(unet, scheduler, caption, result.outputs["encode.latents"], steps=4)
     assert torch.equal(noise, result.outputs["invert.noise"].tensor)
-    edited = sampling.encode_prompt(text_encoder, "a blue circle moving left", "", guidance=True)
+    edited = sampling.encode_prompt(text_encoder, "a blue circle moving right", "", guidance=True)
     latents = sampling.denoise(unet, scheduler, edited, steps=4, guidance_scale=5.0, seed=7, scheduler_type="ddim",
                                noise=noise)
     assert torch.equal(latents, result.outputs["sample.latents"].tensor)

@@ -67,3 +67,15 @@ def test_clip_moves_the_captioned_way() -> None:
         (x0, y0), (x1, y1) = clip.centre(0), clip.centre(7)
         dx, dy = DIRECTIONS[clip.direction]
         assert (x1 - x0) * dx + (y1 - y0) * dy > 10.0
+
+
+def test_the_shape_crosses_the_frame_along_the_centre_line() -> None:
+    for i in range(200):
+        clip = clip_params(7, i)
+        (x0, y0), (x1, y1) = clip.centre(0), clip.centre(7)
+        dx, dy = DIRECTIONS[clip.direction]
+        along, across = ((x1 - x0) * dx, (y0, y1)) if dx else ((y1 - y0) * dy, (x0, x1))
+        assert along >= 16.0  # at least half the frame
+        assert across[0] == across[1] and abs(across[0] - 15.5) <= 2.0
+        start = x0 if dx else y0
+        assert (start < 15.5) == ((dx or dy) > 0)  # it starts on the side it moves away from

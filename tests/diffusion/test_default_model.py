@@ -1,0 +1,98 @@
+"""The shipped trained default model (``builtin:tiny``): its sha256 is checked, and it draws what it is told."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reelgraph.nodes import tiny_models
+from reelgraph.nodes.model_loading import ModelLoadError, load_model
+from reelgraph.nodes.tiny_models import (
+    TINY_SOURCE,
+    TRAINED_NAME,
+    WeightsMismatch,
+    trained_model_dir,
+    verify_sha256sums,
+)
+
+torch = pytest.importorskip("torch")
+for _name in ("diffusers", "transformers", "safetensors"):
+    pytest.importorskip(_name)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_shipped_folder_matches_its_sha256sums_and_is_small() -> None:
+    folder = trained_model_dir()
+    assert folder == ROOT / "nodes" / "models" / TRAINED_NAME
+    digest = verify_sha256sums(folder)
+    assert len(digest) == 64
+    listed = {line.split("  ", 1)[1] for line in (folder / "SHA256SUMS").read_text().splitlines()}
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} - {"SHA256SUMS"}
+    assert listed == on_disk  # every file is covered
+    weights = sorted(folder.rglob("*.safetensors"))
+    assert [w.parent.name for w in weights] == ["text_encoder", "unet", "vae"]
+    assert sum(w.stat().st_size for w in weights) < 4 * 1024**2
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "unet" / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}  # noqa: SIM118 (safe_open has no iter)
+
+
+def test_altered_weights_are_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / TRAINED_NAME
+    shutil.copytree(trained_model_dir(), copy)
+    target = copy / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01  # one bit of one weight
+    target.write_bytes(bytes(data))
+    with pytest.raises(WeightsMismatch, match=r"unet/diffusion_pytorch_model\.safetensors \(sha256 "):
+        verify_sha256sums(copy)
+    (copy / "vae" / "config.json").unlink()
+    with pytest.raises(WeightsMismatch, match=r"vae/config\.json \(missing\)"):
+        verify_sha256sums(copy)
+
+    monkeypatch.setattr(tiny_models, "trained_model_dir", lambda: copy)  # checked before any cache lookup
+    with pytest.raises(ModelLoadError, match=r"builtin:tiny: the shipped model in .* does not match"):
+        load_model(TINY_SOURCE, device="cpu")
+
+
+def test_builtin_tiny_loads_the_trained_model() -> None:
+    unet, _, _, scheduler = load_model(TINY_SOURCE, device="cpu")
+    assert unet.source == TINY_SOURCE
+    assert scheduler.config["prediction_type"] == "v_prediction"
+    assert unet.module.dtype == torch.float32  # fp16 on disk, float32 to run on the CPU
+    random_unet = load_model("builtin:tiny-random", device="cpu")[0].module
+    assert unet.module.config.block_out_channels == random_unet.config.block_out_channels
+    assert not torch.equal(unet.module.conv_in.weight, random_unet.conv_in.weight)
+
+
+def test_the_default_text2video_run_draws_its_prompt(tmp_path: Path) -> None:
+    """workflows/text2video.json as shipped (builtin:tiny, "a red circle moving left", seed 7): the tracker
+    finds a red object moving left, in every frame."""
+    from reelgraph import Engine
+    from reelgraph.nodes.tracking import track
+
+    result = Engine(entry_points=False, env=False).run(ROOT / "workflows" / "text2video.json",
+                                                       outputs=["decode.video"], out_dir=tmp_path)
+    seen = track(result.outputs["decode.video"].frames)
+    assert (seen.colour, seen.direction) == ("red", "left")
+    assert all(p is not None for p in seen.path)
+    assert seen.displacement[0] < -8.0  # crosses a good part of the 32-pixel frame
+
+
+def test_the_default_edit_keeps_the_motion_and_changes_the_colour(tmp_path: Path) -> None:
+    """workflows/edit_video.json as shipped: the red circle moving right, inverted and regenerated as "a blue
+    circle moving right", is blue, moves right, and follows the source's path within a few pixels."""
+    from reelgraph import Engine
+    from reelgraph.nodes.tracking import track
+
+    result = Engine(entry_points=False, env=False).run(ROOT / "workflows" / "edit_video.json",
+                                                       outputs=["clip.video", "decode.video"], out_dir=tmp_path)
+    source, edit = track(result.outputs["clip.video"].frames), track(result.outputs["decode.video"].frames)
+    assert (source.colour, source.direction) == ("red", "right")
+    assert (edit.colour, edit.direction) == ("blue", "right")
+    gaps = [((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2) ** 0.5 for p, q in zip(source.path, edit.path, strict=True)]
+    assert max(gaps) < 3.0
