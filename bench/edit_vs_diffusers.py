@@ -9,6 +9,7 @@ already loaded in both). Runs are interleaved; the frames are checked equal. Goa
 from __future__ import annotations
 
 import argparse
+import json
 import warnings
 
 from common import ROOT, Row, interleaved, median_ratio, print_rows
@@ -23,22 +24,23 @@ def run(quick: bool = False, steps: int = 20, repeats: int | None = None, thread
 
     from reelgraph import Engine
     from reelgraph.nodes.model_loading import load_model, quiet_hf_libraries
-    from reelgraph.nodes.tiny_models import ensure_tiny_model
+    from reelgraph.nodes.tiny_models import TINY_SOURCE, builtin_model
     from reelgraph.nodes.video_io import read_video
 
     torch.set_num_threads(threads)
     repeats = repeats or (3 if quick else 7)
     quiet_hf_libraries()
-    folder = ensure_tiny_model()
+    folder = builtin_model(TINY_SOURCE)  # the workflow's default model, loaded by both sides
     load_model("builtin:tiny", device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = TextToVideoSDPipeline.from_pretrained(folder)
+        pipe = TextToVideoSDPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     params = {"steps": steps}
-    source = "a red circle moving left"
-    edited = "a blue circle moving left"
+    defaults = {k: v["default"] for k, v in json.loads(WORKFLOW.read_text())["params"].items()}
+    source, edited = defaults["source_caption"], defaults["prompt"]
+    guidance, seed = defaults["guidance_scale"], defaults["seed"]
 
     def ours() -> torch.Tensor:
         result = Engine(entry_points=False, env=False).run(WORKFLOW, params, outputs=["decode.video"])
@@ -46,7 +48,7 @@ def run(quick: bool = False, steps: int = 20, repeats: int | None = None, thread
 
     @torch.no_grad()
     def script() -> torch.Tensor:
-        video = read_video(ROOT / "workflows" / "assets" / "red_circle_left.mp4", max_frames=8)
+        video = read_video(WORKFLOW.parent / defaults["source"], max_frames=defaults["frames"])
         pixels = video.frames * 2 - 1
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
         latents = latents.permute(1, 0, 2, 3)[None].contiguous()  # [1, C, F, h, w]
@@ -54,10 +56,10 @@ def run(quick: bool = False, steps: int = 20, repeats: int | None = None, thread
         inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config, clip_sample=False)
         inverse.set_timesteps(steps)
         for t in inverse.timesteps:
-            eps = pipe.unet(latents, t, encoder_hidden_states=embeds).sample
-            latents = inverse.step(eps, t, latents).prev_sample
-        return pipe(edited, latents=latents, num_inference_steps=steps, guidance_scale=5.0,
-                    generator=torch.Generator("cpu").manual_seed(7), output_type="pt").frames[0]
+            pred = pipe.unet(latents, t, encoder_hidden_states=embeds).sample
+            latents = inverse.step(pred, t, latents).prev_sample
+        return pipe(edited, latents=latents, num_inference_steps=steps, guidance_scale=guidance,
+                    generator=torch.Generator("cpu").manual_seed(seed), output_type="pt").frames[0]
 
     diff = (ours() - script()).abs().max().item()
     ta, tb = interleaved(ours, script, repeats)

@@ -22,6 +22,9 @@ OPTIONAL = ["controlnet_lora", "long_video", "tune", "batch", "optim_flags"]  # 
 #: (run them alone, e.g. ``python bench/long_video.py``, for every point).
 QUICK_IN_SUITE = {"long_video"}
 
+#: Everything after this line in RESULTS.md is kept when the suite rewrites the file.
+KEEP_MARKER = "<!-- measured alone: kept by run_all -->"
+
 RUNNER = """
 import json, sys
 sys.path.insert(0, {bench!r})
@@ -63,7 +66,11 @@ def main() -> None:
         f"Machine: {machine()}.", "",
         "Ratios are measured side by side in one process (interleaved runs); absolute seconds are only context.", "",
         "| benchmark | measure | value | goal | met |", "|---|---|---|---|---|", *lines, ""])
-    (ROOT / "bench" / "RESULTS.md").write_text(text, encoding="utf-8")
+    results = ROOT / "bench" / "RESULTS.md"
+    old = results.read_text(encoding="utf-8") if results.exists() else ""
+    if KEEP_MARKER in old:  # sections measured alone (too slow for the suite) survive a new suite run
+        text += "\n" + old[old.index(KEEP_MARKER):]
+    results.write_text(text, encoding="utf-8")
     print(text)
 
 

@@ -28,16 +28,16 @@ def run(quick: bool = False, steps: int = 20, size: int = 64, frames: int = 8, t
 
     from reelgraph import Engine
     from reelgraph.nodes.model_loading import load_model, quiet_hf_libraries
-    from reelgraph.nodes.tiny_models import ensure_tiny_model
+    from reelgraph.nodes.tiny_models import TINY_SOURCE, builtin_model
 
     repeats = repeats or (3 if quick else 7)
     torch.set_num_threads(threads)
     quiet_hf_libraries()
-    folder = ensure_tiny_model()
+    folder = builtin_model(TINY_SOURCE)  # the workflow's default model, loaded by both sides
     load_model("builtin:tiny", device="cpu")  # warm the process-wide model cache
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = TextToVideoSDPipeline.from_pretrained(folder)
+        pipe = TextToVideoSDPipeline.from_pretrained(folder, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     params = {"prompt": "a red circle moving left", "negative_prompt": "low quality, blurry", "seed": 7,
               "frames": frames, "height": size, "width": size, "steps": steps, "guidance_scale": 9.0}
