@@ -96,3 +96,24 @@ def test_the_default_edit_keeps_the_motion_and_changes_the_colour(tmp_path: Path
     assert (edit.colour, edit.direction) == ("blue", "right")
     gaps = [((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2) ** 0.5 for p, q in zip(source.path, edit.path, strict=True)]
     assert max(gaps) < 3.0
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_draws_the_same_prompt(dtype: str) -> None:
+    """The dtype option of load_model (for GPUs; it runs on the CPU too): the trained model in half precision
+    still draws a red circle moving left, within a pixel of the float32 path."""
+    from reelgraph.nodes import sampling
+    from reelgraph.nodes.tracking import track
+
+    paths = []
+    for precision in ("float32", dtype):
+        unet, vae, text_encoder, scheduler = load_model(TINY_SOURCE, device="cpu", dtype=precision)
+        assert unet.module.dtype == getattr(torch, precision)
+        cond = sampling.encode_prompt(text_encoder, "a red circle moving left", "", guidance=True)
+        latents = sampling.denoise(unet, scheduler, cond, frames=8, height=32, width=32, steps=20, guidance_scale=5.0,
+                                   seed=7)
+        seen = track(sampling.vae_decode(vae, latents).frames)
+        assert (seen.colour, seen.direction) == ("red", "left")
+        paths.append(seen.path)
+    gaps = [((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2) ** 0.5 for p, q in zip(*paths, strict=True)]
+    assert max(gaps) < 1.0
