@@ -115,3 +115,12 @@ def test_main_job_writes_a_video(sandbox: Path) -> None:
     from reelgraph.nodes.video_io import read_video
 
     assert read_video(sandbox / "outputs" / "text2video.mp4").num_frames == 8
+
+
+def test_local_links_and_pictures_exist() -> None:
+    """Every relative link or image in the README points at a file or folder of the repository."""
+    links = re.findall(r"\]\(([^)\s]+)\)", README)
+    targets = {t.split("#")[0] for t in links if "://" not in t and not t.startswith("#")}
+    assert "docs/images/text2video.png" in targets
+    missing = sorted(t for t in targets if t and not (ROOT / t).exists())
+    assert missing == []
