@@ -95,7 +95,7 @@ def test_the_default_edit_keeps_the_motion_and_changes_the_colour(tmp_path: Path
     assert (source.colour, source.direction) == ("red", "right")
     assert (edit.colour, edit.direction) == ("blue", "right")
     gaps = [((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2) ** 0.5 for p, q in zip(source.path, edit.path, strict=True)]
-    assert max(gaps) < 3.0
+    assert max(gaps) < 4.0 and sum(gaps) / len(gaps) < 3.0  # measured here: 2.86 and 2.38 px
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
