@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from reelgraph import Engine, Event, NodeFailed, RunInterrupted
+from reelgraph import Engine, Event, NodeFailed, RunInterrupted, hookimpl, node
+from reelgraph.nodes.values import Conditioning, Latents
 from reelgraph.nodes.video_io import read_video
 
 torch = pytest.importorskip("torch")
@@ -209,3 +210,42 @@ def test_too_large_denoise_is_refused_and_context_windows_are_the_way_out(engine
     doc["params"]["model"]["default"] = "builtin:tiny-random"
     result = engine.run(doc, params, outputs=["sample.latents"], out_dir=tmp_path, max_memory=4 * 1024**2)
     assert result.outputs["sample.latents"].num_frames == 64
+
+
+@node("test.other_latents", category="test", output="latents")
+def _other_latents(channels: int = 3) -> Latents:
+    """Latents shaped for a model with another channel count."""
+    return Latents(torch.zeros((1, channels, 4, 8, 8)))
+
+
+@node("test.other_conditioning", category="test", output="conditioning")
+def _other_conditioning(width: int = 16) -> Conditioning:
+    """Conditioning from a text encoder of another width."""
+    return Conditioning(torch.zeros((1, 77, width)), torch.zeros((1, 77, width)))
+
+
+class _OtherModelPlugin:
+    """Registers the two nodes above."""
+
+    @hookimpl
+    def reelgraph_register_nodes(self, registry: Any) -> None:
+        registry.add(_other_latents)
+        registry.add(_other_conditioning)
+
+
+def test_latents_and_conditioning_from_another_model_are_refused_by_input(
+        make_engine: Callable[..., Engine], reelgraph_home: Path, tmp_path: Path) -> None:
+    engine = make_engine(_OtherModelPlugin())
+    params = {**FAST, "source": str(ROOT / "workflows" / "assets" / "red_circle_right.mp4")}
+    doc = json.loads(EDIT.read_text())
+    doc["nodes"]["fake"] = {"type": "test.other_latents"}
+    doc["nodes"]["sample"]["inputs"]["noise"] = {"from": "fake.latents"}
+    err = _fails(engine, doc, params, tmp_path)
+    assert (err.code, err.node, err.input) == ("invalid_value", "sample", "noise")
+    assert "shape (1, 3, 4, 8, 8); this UNet3D takes [batch, 4, frames, height, width]" in err.message
+    doc = json.loads(EDIT.read_text())
+    doc["nodes"]["fake"] = {"type": "test.other_conditioning"}
+    doc["nodes"]["invert"]["inputs"]["conditioning"] = {"from": "fake.conditioning"}
+    err = _fails(engine, doc, params, tmp_path)
+    assert (err.code, err.node, err.input) == ("invalid_value", "invert", "conditioning")
+    assert "16 wide; this UNet3D cross-attends to 32" in err.message
