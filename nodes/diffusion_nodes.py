@@ -34,23 +34,6 @@ def _check_pixels(unet: UNet3D, **sizes: int | None) -> None:
                                  f"try {max(factor, value // factor * factor)}", input=name)
 
 
-def _check_fits(unet: UNet3D, conditioning: Conditioning, **latents: Latents | None) -> None:
-    """Refuse latents or conditioning made for another model, naming the input (before any UNet call)."""
-    config = unet.module.config
-    for name, value in latents.items():
-        if value is None:
-            continue
-        shape = tuple(value.tensor.shape)
-        if len(shape) != 5 or shape[1] != config.in_channels:
-            raise NodeInputError(f"{name} has shape {shape}; this UNet3D takes [batch, {config.in_channels}, "
-                                 "frames, height, width] latents (from this model's VAE)", input=name)
-    width = conditioning.prompt_embeds.shape[-1]
-    if width != config.cross_attention_dim:
-        raise NodeInputError(f"the conditioning is {width} wide; this UNet3D cross-attends to "
-                             f"{config.cross_attention_dim}: encode the prompt with the same model's text encoder",
-                             input="conditioning")
-
-
 @node("clip_text_encode", category="conditioning", output="conditioning")
 def clip_text_encode(text_encoder: TextEncoder, prompt: str, negative_prompt: str = "") -> Conditioning:
     """Encode a prompt and its negative into cross-attention conditioning, as the t2v pipeline does.
@@ -202,7 +185,6 @@ def unet3d_denoise(
             middle, softer seams) or ``flat``.
     """
     _check_pixels(unet, height=height, width=width)
-    _check_fits(unet, conditioning, noise=noise, latents=latents)
     if strength < 1 and latents is None:
         raise NodeInputError("strength < 1 needs input latents (video-to-video)", input="strength")
     given = noise if noise is not None else latents
@@ -224,7 +206,7 @@ def unet3d_denoise(
             progress=_report(ctx), context_frames=context_frames, context_overlap=context_overlap,
             context_fuse=context_fuse,
         )
-    except ContextWindowError as exc:
+    except (ContextWindowError, sampling.SamplingInputError) as exc:
         raise NodeInputError(str(exc), input=exc.input) from exc
     except ControlError as exc:
         raise NodeInputError(str(exc), input="conditioning") from exc
@@ -263,13 +245,12 @@ def ddim_invert(
     from .context_windows import ContextWindowError
     from .controlnet import ControlError
 
-    _check_fits(unet, conditioning, latents=latents)
     try:
         tensor = sampling.ddim_invert(unet, scheduler, conditioning, latents, steps=steps,
                                       guidance_scale=guidance_scale, progress=_report(ctx),
                                       context_frames=context_frames, context_overlap=context_overlap,
                                       context_fuse=context_fuse)
-    except ContextWindowError as exc:
+    except (ContextWindowError, sampling.SamplingInputError) as exc:
         raise NodeInputError(str(exc), input=exc.input) from exc
     except ControlError as exc:
         raise NodeInputError(str(exc), input="conditioning") from exc

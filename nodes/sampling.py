@@ -215,6 +215,23 @@ def _from_frames_batch(x: torch.Tensor, b: int, f: int) -> torch.Tensor:
     return x[None, :].reshape(b, f, c, h, w).permute(0, 2, 1, 3, 4)
 
 
+class SamplingInputError(ValueError):
+    """Latents, noise or conditioning that do not fit the UNet3D; ``input`` names which (for node errors)."""
+
+    def __init__(self, message: str, input: str) -> None:
+        super().__init__(message)
+        self.input = input
+
+
+def _check_conditioning(unet: UNet3D, conditioning: Conditioning) -> None:
+    """Refuse conditioning encoded by a text encoder of another width than the UNet3D cross-attends to."""
+    width = int(conditioning.prompt_embeds.shape[-1])
+    expected = int(unet.module.config.cross_attention_dim)
+    if width != expected:
+        raise SamplingInputError(f"the conditioning is {width} wide; this UNet3D cross-attends to {expected}: "
+                                 "encode the prompt with the same model's text encoder", input="conditioning")
+
+
 def _latent_shape(
     unet: UNet3D,
     batch: int,
@@ -222,23 +239,27 @@ def _latent_shape(
     height: int | None,
     width: int | None,
     given: torch.Tensor | None,
+    given_name: str = "latents",
 ) -> tuple[int, int, int, int, int]:
-    """The latent shape from pixel sizes, or from a given tensor (checking any sizes that were also given)."""
+    """The latent shape from pixel sizes, or from a given tensor (checking any sizes that were also given);
+    ``given_name`` is the input the tensor came from, named by the ``SamplingInputError`` it may raise."""
     channels = int(unet.module.config.in_channels)
     factor = int(unet.vae_scale_factor)
     if given is not None:
-        if given.ndim != 5:
-            raise ValueError(f"latents/noise must be [B, C, F, h, w], got shape {tuple(given.shape)}")
+        if given.ndim != 5 or int(given.shape[1]) != channels:
+            raise SamplingInputError(f"{given_name} has shape {tuple(given.shape)}; this UNet3D takes [batch, "
+                                     f"{channels}, frames, height, width] latents (from this model's VAE)",
+                                     input=given_name)
         b, c, f, h, w = (int(s) for s in given.shape)
         expected = {"frames": f, "height": h * factor, "width": w * factor}
         for name, value in (("frames", frames), ("height", height), ("width", width)):
             if value is not None and value != expected[name]:
-                raise ValueError(f"{name}={value} does not match the given tensor of shape {tuple(given.shape)} "
-                                 f"({name} {expected[name]} at VAE factor {factor})")
-        if c != channels:
-            raise ValueError(f"the UNet takes {channels} latent channels, the given tensor has {c}")
+                raise SamplingInputError(f"{name}={value} does not match the given tensor of shape "
+                                         f"{tuple(given.shape)} ({name} {expected[name]} at VAE factor {factor})",
+                                         input=name)
         if b != batch:
-            raise ValueError(f"the given tensor has batch {b} but the conditioning has batch {batch}")
+            raise SamplingInputError(f"the given tensor has batch {b} but the conditioning has batch {batch}",
+                                     input=given_name)
         return b, c, f, h, w
     if frames is None or height is None or width is None:
         raise ValueError("frames, height and width are required when neither latents nor noise is given")
@@ -306,9 +327,11 @@ def denoise(
     init = latents.tensor if isinstance(latents, Latents) else latents
     if init is None and strength != 1.0:
         raise ValueError("strength < 1 needs input latents (video-to-video); text-to-video always uses 1.0")
+    _check_conditioning(unet, conditioning)
     embeds, do_cfg = _guidance_embeds(conditioning, guidance_scale, device, dtype)
     batch = int(conditioning.prompt_embeds.shape[0])
-    shape = _latent_shape(unet, batch, frames, height, width, init if init is not None else noise)
+    shape = _latent_shape(unet, batch, frames, height, width, init if init is not None else noise,
+                          "latents" if init is not None else "noise")
     if noise is not None and tuple(noise.shape) != shape:
         raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
 
@@ -393,6 +416,7 @@ def ddim_invert(
         raise ValueError(f"steps must be >= 1, got {steps}")
     device, dtype = _module_device_dtype(unet.module)
     x = latents.tensor if isinstance(latents, Latents) else latents
+    _check_conditioning(unet, conditioning)
     batch = int(conditioning.prompt_embeds.shape[0])
     shape = _latent_shape(unet, batch, None, None, None, x)
     embeds, do_cfg = _guidance_embeds(conditioning, guidance_scale, device, dtype)
