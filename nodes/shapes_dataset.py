@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["COLOURS", "DIRECTIONS", "SHAPES", "Clip", "caption", "clip_params", "make_batch", "make_clip",
-           "render_clip"]
+__all__ = ["COLOURS", "DIRECTIONS", "SHAPES", "Clip", "caption", "clip_params", "find_clips", "make_batch",
+           "make_clip", "render_clip"]
 
 #: Colour name -> RGB in [0, 1]. Hues are 0, 120, 240 and 55 degrees, far apart for the tracker.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -159,3 +159,16 @@ def make_batch(seed: int, start: int, count: int, frames: int = 8,
 
     pairs = [make_clip(seed, start + i, frames, size) for i in range(count)]
     return torch.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def find_clips(seed: int, colour: str, shape: str, direction: str, count: int = 1, frames: int = 8,
+               size: int = 32) -> list[tuple[torch.Tensor, Clip]]:
+    """The first ``count`` clips of dataset ``seed`` showing ``colour shape moving direction``, as
+    ``make_clip`` gives them (held-out examples: use a seed the training run does not draw from)."""
+    found, index = [], 0
+    while len(found) < count:
+        clip = clip_params(seed, index, frames, size)
+        if (clip.colour, clip.shape, clip.direction) == (colour, shape, direction):
+            found.append((render_clip(clip, frames, size), clip))
+        index += 1
+    return found

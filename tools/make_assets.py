@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from reelgraph.nodes.shapes_dataset import make_clip
+from reelgraph.nodes.shapes_dataset import find_clips
 from reelgraph.nodes.values import Video
 from reelgraph.nodes.video_io import write_video
 
@@ -44,20 +44,10 @@ def moving_disc(
     return Video(out, fps=8.0)
 
 
-def shapes_clip(colour: str, shape: str, direction: str) -> Video:
-    """The first clip of dataset ``ASSET_SEED`` showing ``colour shape moving direction``."""
-    index = 0
-    while True:
-        frames, clip = make_clip(ASSET_SEED, index)
-        if (clip.colour, clip.shape, clip.direction) == (colour, shape, direction):
-            return Video(frames, fps=8.0)
-        index += 1
-
-
 def main() -> None:
     ASSETS.mkdir(parents=True, exist_ok=True)
-    for name, video in (("red_circle_left.mp4", moving_disc()),
-                        ("red_circle_right.mp4", shapes_clip("red", "circle", "right"))):
+    right, _ = find_clips(ASSET_SEED, "red", "circle", "right")[0]
+    for name, video in (("red_circle_left.mp4", moving_disc()), ("red_circle_right.mp4", Video(right, fps=8.0))):
         path = write_video(video, ASSETS / name, crf=18)
         print(f"{path} ({path.stat().st_size} bytes)")
 

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from reelgraph.nodes import tiny_models
-from reelgraph.nodes.shapes_dataset import COLOURS, DIRECTIONS, SHAPES, caption, make_batch
+from reelgraph.nodes.shapes_dataset import COLOURS, DIRECTIONS, SHAPES, caption, find_clips, make_batch
 
 MAX_LENGTH = 77
 #: The sampling scheduler shipped with the model: DDIM over the training schedule, v-prediction.
@@ -56,6 +56,8 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 _VAE_DATA_OFFSET = 0
 _UNET_DATA_OFFSET = 50_000_000
 _SCALE_DATA_OFFSET = 90_000_000
+#: The dataset seed ``eval-edit`` draws its held-out source clips from (training uses ``--seed``).
+EDIT_SEED = 1000
 
 
 def _tokenizer() -> Any:
@@ -456,21 +458,6 @@ def evaluate(model: str, seeds: list[int], shapes: list[str], steps: int, guidan
     return {"n": n, "rates": {k: v / n for k, v in hits.items()}, "confusion": confusion, "rows": rows}
 
 
-def source_clips(count: int, colour: str = "red", shape: str = "circle", direction: str = "right",
-                 seed: int = 1000) -> list[Any]:
-    """The first ``count`` clips of dataset ``seed`` showing ``colour shape moving direction`` (held out: the
-    training run draws from dataset ``--seed``)."""
-    from reelgraph.nodes.shapes_dataset import make_clip
-
-    found, index = [], 0
-    while len(found) < count:
-        frames, clip = make_clip(seed, index)
-        if (clip.colour, clip.shape, clip.direction) == (colour, shape, direction):
-            found.append((frames, clip))
-        index += 1
-    return found
-
-
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -501,7 +488,7 @@ def evaluate_edit(model: str, clips: int, steps: int, guidance: float, target_co
     rows, hits, rows_png = [], 0, []
     with tempfile.TemporaryDirectory() as tmp:
         roots = [tmp] + ([model] if not model.startswith("builtin:") else [])
-        for i, (frames, clip) in enumerate(source_clips(clips)):
+        for i, (frames, clip) in enumerate(find_clips(EDIT_SEED, "red", "circle", "right", clips)):
             src = write_video(Video(frames, fps=8.0), Path(tmp) / f"source-{i}.mp4", crf=18)
             base = {"model": model, "source": str(src), "source_caption": clip.caption, "steps": steps,
                     "guidance_scale": guidance, "seed": i}

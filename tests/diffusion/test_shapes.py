@@ -12,6 +12,7 @@ from reelgraph.nodes.shapes_dataset import (  # noqa: E402
     SHAPES,
     caption,
     clip_params,
+    find_clips,
     make_batch,
     make_clip,
 )
@@ -79,3 +80,11 @@ def test_the_shape_crosses_the_frame_along_the_centre_line() -> None:
         assert across[0] == across[1] and abs(across[0] - 15.5) <= 2.0
         start = x0 if dx else y0
         assert (start < 15.5) == ((dx or dy) > 0)  # it starts on the side it moves away from
+
+
+def test_find_clips_gives_the_first_matching_clips_as_make_clip_draws_them() -> None:
+    found = find_clips(4, "blue", "square", "up", 3)
+    assert [(c.colour, c.shape, c.direction) for _, c in found] == [("blue", "square", "up")] * 3
+    for frames, clip in found:
+        index = next(i for i in range(2000) if clip_params(4, i) == clip)
+        assert torch.equal(frames, make_clip(4, index)[0])
