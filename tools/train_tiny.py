@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 import uuid
@@ -458,10 +459,6 @@ def evaluate(model: str, seeds: list[int], shapes: list[str], steps: int, guidan
     return {"n": n, "rates": {k: v / n for k, v in hits.items()}, "confusion": confusion, "rows": rows}
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def _path_distance(a: Any, b: Any) -> float:
     """Mean distance in pixels between two tracks' centroids over the frames where both were found."""
     pairs = [(p, q) for p, q in zip(a.path, b.path, strict=True) if p is not None and q is not None]
@@ -502,9 +499,10 @@ def evaluate_edit(model: str, clips: int, steps: int, guidance: float, target_co
             t_src, t_out = track(source), track(out)
             ok = t_out.colour == target_colour and t_out.direction == clip.direction
             hits += ok
+            roundtrip = statistics.fmean(psnr_per_frame(same["decode.video"].frames, source))
             rows.append({"clip": i, "colour": t_out.colour, "direction": t_out.direction, "ok": ok,
                          "trajectory_px": round(_path_distance(t_src, t_out), 2),
-                         "roundtrip_psnr_db": round(_mean(psnr_per_frame(same["decode.video"].frames, source)), 2)})
+                         "roundtrip_psnr_db": round(roundtrip, 2)})
             rows_png += [source, out, same["decode.video"].frames]
     if sheet is not None:
         write_sheet(rows_png, sheet)
