@@ -87,7 +87,9 @@ class Engine:
     ) -> tuple[Plan | None, list[Problem], Sandbox]:
         """Parse and validate without running: the plan (None when unparseable), all problems, the sandbox."""
         wf, problems, base = read_workflow(workflow)
-        sandbox = Sandbox(base, Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR, allow_paths)
+        document = Path(workflow) if isinstance(workflow, str | Path) else None
+        sandbox = Sandbox(base, Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR, allow_paths,
+                          workflow_file=document)
         if wf is None:
             return None, problems, sandbox
         plan, problems = plan_workflow(wf, self.registry, params, outputs, problems, sandbox)
@@ -113,14 +115,15 @@ class Engine:
         *,
         out_dir: str | Path | None = None,
         allow_paths: Iterable[str | Path] = (),
-        overwrite: bool = False,
+        overwrite: bool | Path = False,
         max_memory: int | Literal["auto"] | None = "auto",
         events: Iterable[Sink] = (),
     ) -> RunResult:
         """Validate, then run the nodes that ``outputs`` need (all terminal nodes when None).
 
         Paths in the workflow must stay inside its folder, ``out_dir`` (default ``./outputs``) and
-        ``allow_paths``. Output files never replace existing ones unless ``overwrite``. Nodes refuse
+        ``allow_paths``. Output files never replace existing ones unless ``overwrite`` (``True``, or a folder:
+        only files inside it), and never the workflow file or an input of the run. Nodes refuse
         (``too_large``) allocations above ``max_memory`` bytes (``"auto"``: 80 % of available memory;
         None: no limit).
         Raises :class:`WorkflowInvalid` (nothing ran), :class:`NodeFailed` or :class:`RunInterrupted`
@@ -160,7 +163,7 @@ def run(
     *,
     out_dir: str | Path | None = None,
     allow_paths: Iterable[str | Path] = (),
-    overwrite: bool = False,
+    overwrite: bool | Path = False,
     max_memory: int | Literal["auto"] | None = "auto",
     events: Iterable[Sink] = (),
 ) -> RunResult:

@@ -348,9 +348,11 @@ class RunWorker:
         started, t0 = time.time(), time.perf_counter()
         result, error, status = None, None, "finished"
         try:
-            # The run's folder is its own: a re-run replaces its files (overwrite) instead of adding name-1.ext.
+            # The run's folder is its own: a re-run replaces its files there (overwrite inside it only) instead of
+            # adding name-1.ext; files elsewhere (the workflow's folder, say) are never replaced.
             result = self.engine.run(job.workflow, spec.params, list(job.outputs) if job.outputs else None,
-                                     out_dir=spec.out_dir, allow_paths=job.allow_paths, overwrite=True,
+                                     out_dir=spec.out_dir, allow_paths=job.allow_paths,
+                                     overwrite=Path(spec.out_dir),
                                      events=[tagged])
         except (WorkflowInvalid, NodeFailed, RunInterrupted) as exc:
             result = getattr(exc, "result", None)

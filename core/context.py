@@ -10,7 +10,8 @@ from typing import Any
 
 from .errors import NodeInputError, RunInterrupted
 from .memory import format_size
-from .paths import PathNotAllowed, Sandbox, unique_path
+from .outputs import Claim, OutputWriter
+from .paths import PathNotAllowed, Sandbox
 
 
 @dataclass
@@ -28,10 +29,21 @@ class RunContext:
     cache_dir: Path | None
     temp_root: Path
     sandbox: Sandbox | None = None
-    overwrite: bool = False
+    overwrite: bool | Path = False
     max_memory: int | None = None
     _emit_progress: Callable[[int, int, dict[str, Any]], None] = field(repr=False, default=lambda i, n, e: None)
     _interrupt: threading.Event = field(repr=False, default_factory=threading.Event)
+    _claims: list[Claim] = field(repr=False, default_factory=list)
+
+    @property
+    def _sandbox(self) -> Sandbox:
+        if self.sandbox is None:
+            self.sandbox = Sandbox(self.base_dir, self.out_dir)
+        return self.sandbox
+
+    @property
+    def _writer(self) -> OutputWriter:
+        return OutputWriter(self._sandbox, self.overwrite)
 
     def progress(self, i: int, n: int, **extra: Any) -> None:
         """Report step ``i`` of ``n`` (emits ``node_progress``) and stop here if the run was interrupted."""
@@ -77,16 +89,33 @@ class RunContext:
         """An output path resolved like ``OutputPath`` inputs: relative to the output folder, sandboxed."""
         return self._resolve(path, "output", input)
 
-    def claim_output(self, path: str | Path, input: str | None = None) -> Path:
-        """Where to write an output: ``path`` itself, or a free ``name-N.ext`` beside it when a file is
-        already there and the run was not started with ``overwrite``. Creates the parent folder."""
-        target = self.resolve_output(path, input)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return target if self.overwrite else unique_path(target)
+    def claim_output(self, path: str | Path, input: str | None = None, *, exact: bool = False) -> Path:
+        """Claim a file name to write: ``path`` itself, or a free ``name-N.ext`` beside it when a file is
+        there that this run may not replace (see :mod:`reelgraph.outputs`). The name is created at once
+        (empty), so no other run takes it; write the content with :func:`reelgraph.files.atomic_path` so it
+        appears whole. Every file a node writes, derived files included, must be claimed here first.
+        With ``exact``, raises ``FileExistsError`` instead of choosing another name."""
+        try:
+            claim = self._writer.claim(path, exact=exact)
+        except PathNotAllowed as exc:
+            raise NodeInputError(str(exc), input=input, code="path_not_allowed") from exc
+        self._claims.append(claim)
+        return claim.path
+
+    def release_claim(self, path: str | Path) -> None:
+        """Give back a name this node claimed and did not write (it is removed while still empty)."""
+        for claim in [c for c in self._claims if c.path == Path(path)]:
+            self._claims.remove(claim)
+            self._writer.release(claim)
+
+    def release_claims(self) -> None:
+        """Remove the still-empty names this node claimed and never wrote (the engine calls it on failure)."""
+        writer = self._writer
+        while self._claims:
+            writer.release(self._claims.pop())
 
     def _resolve(self, path: str | Path, kind: str, input: str | None) -> Path:
-        sandbox = self.sandbox or Sandbox(self.base_dir, self.out_dir)
         try:
-            return sandbox.resolve(path, kind)  # type: ignore[arg-type]
+            return self._sandbox.resolve(path, kind)  # type: ignore[arg-type]
         except PathNotAllowed as exc:
             raise NodeInputError(str(exc), input=input, code="path_not_allowed") from exc

@@ -26,7 +26,7 @@ from .context import RunContext
 from .errors import NodeFailed, NodeInputError, ReelgraphError, RunInterrupted
 from .events import Event, Sink
 from .graph import execution_order
-from .paths import Sandbox
+from .paths import PathNotAllowed, Sandbox
 from .validate import Plan, PlannedNode
 
 
@@ -111,6 +111,19 @@ def _sigint_requests(flag: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@dataclass
+class _RunState:
+    """What one run of a plan accumulates: cache keys and node results by node id."""
+
+    plan: Plan
+    order: list[str]
+    contexts: dict[str, RunContext]
+    result: RunResult
+    emit: Sink
+    keys: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 class Executor:
     """Executes plans against a memory cache (and optionally a disk cache), emitting events to sinks."""
 
@@ -119,11 +132,13 @@ class Executor:
         self.disk = disk
         self.interrupt_flag = threading.Event()
 
-    def run(self, plan: Plan, *, sandbox: Sandbox, overwrite: bool = False, max_memory: int | None = None,
+    def run(self, plan: Plan, *, sandbox: Sandbox, overwrite: bool | Path = False, max_memory: int | None = None,
             sinks: Iterable[Sink] = ()) -> RunResult:
         """Run the plan's targets; raise :class:`NodeFailed` or :class:`RunInterrupted` on failure.
 
-        Either exception carries the partial :class:`RunResult` as ``.result``.
+        ``overwrite``: outputs may replace existing files (``True``), only inside that folder (a ``Path``), or
+        never (``False``: a free ``name-N.ext`` is used). Either exception carries the partial
+        :class:`RunResult` as ``.result``.
         """
         sinks = list(sinks)
         result = RunResult(run_id=uuid.uuid4().hex[:12], params=dict(plan.params))
@@ -139,23 +154,21 @@ class Executor:
         contexts = {n: RunContext(n, plan.nodes[n].type.name, sandbox.out_dir, sandbox.base_dir,
                                   self.disk.root if self.disk else None, temp_root, sandbox, overwrite,
                                   max_memory, _no_progress, self.interrupt_flag) for n in order}
-        values: dict[str, dict[str, Any]] = {}
+        run = _RunState(plan, order, contexts, result, emit)
         try:
             with _sigint_requests(self.interrupt_flag):
-                keys = self._keys(plan, order, contexts, result, emit)
-                hits, to_run = self._triage(plan, order, keys)
+                deferred = self._keys(run)
+                hits, to_run = self._triage(run, [n for n, _ in plan.targets])
                 visit = [n for n in order if n in hits or n in to_run]
                 emit(Event("run_started", result.run_id, extra={"nodes": len(visit), "workflow": plan.workflow.name}))
-                for node_id in visit:
-                    if self.interrupt_flag.is_set():
-                        raise RunInterrupted(node_id)
-                    pn = plan.nodes[node_id]
-                    if node_id in hits:
-                        values[node_id] = hits[node_id]
-                        result.records[node_id] = NodeRecord(node_id, pn.type.name, "cached", 0.0, keys[node_id])
-                        emit(Event("node_cached", result.run_id, node=node_id, node_type=pn.type.name))
-                    else:
-                        values[node_id] = self._run_node(pn, values, keys[node_id], contexts[node_id], result, emit)
+                for node_id in deferred:
+                    # A loader fed a path by link: its key needs that path (resolved), so get it first.
+                    sources = [link.node for name, link in plan.nodes[node_id].links.items()
+                               if plan.nodes[node_id].type.inputs[name].paths is not None]
+                    if sources:
+                        self._visit(run, *self._triage(run, sources, hits))
+                    run.keys[node_id] = self._key(run, node_id)
+                self._visit(run, *self._triage(run, [n for n, _ in plan.targets], hits))
         except (NodeFailed, RunInterrupted) as exc:
             result.status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
             result.seconds = time.perf_counter() - started
@@ -168,51 +181,93 @@ class Executor:
         for node_id, out in plan.targets:
             names = [out] if out else list(plan.nodes[node_id].type.outputs)
             for name in names:
-                result.outputs[f"{node_id}.{name}"] = values[node_id][name]
+                result.outputs[f"{node_id}.{name}"] = run.values[node_id][name]
         result.status = "finished"
         result.seconds = time.perf_counter() - started
         emit(Event("run_finished", result.run_id, seconds=result.seconds,
                    extra={"status": "finished", "ran": len(result.ran), "cached": len(result.cached)}))
         return result
 
-    def _keys(self, plan: Plan, order: list[str], contexts: dict[str, RunContext], result: RunResult,
-              emit: Sink) -> dict[str, str]:
-        """Every node's cache key, computed before anything runs (keys never depend on values)."""
-        keys: dict[str, str] = {}
-        for node_id in order:
-            pn = plan.nodes[node_id]
-            nt = pn.type
-            upstream = {name: (keys[link.node], link.output) for name, link in pn.links.items()}
-            salt: Any = f"{pn.id}@{contexts[node_id].out_dir}" if nt.side_effects else None
-            if nt.fingerprint is not None:
-                try:
-                    salt = [salt, nt.fingerprint(self._literal_kwargs(pn), contexts[node_id])]
-                except Exception as exc:
-                    raise self._failed(pn, exc, 0.0, result, emit) from exc
-            keys[node_id] = node_key(nt.name, nt.version, pn.values, upstream, salt=salt)
-        return keys
+    def _keys(self, run: _RunState) -> list[str]:
+        """Compute every cache key that needs no node's result; return the nodes whose key must wait (in order).
 
-    def _triage(self, plan: Plan, order: list[str], keys: dict[str, str]
+        A node whose fingerprint reads a path that arrives by link must wait for that link's value, and so
+        must every node downstream of it. All other keys are known before anything runs.
+        """
+        deferred: list[str] = []
+        waiting: set[str] = set()
+        for node_id in run.order:
+            pn = run.plan.nodes[node_id]
+            path_links = pn.type.fingerprint is not None and any(
+                pn.type.inputs[name].paths is not None for name in pn.links)
+            if path_links or any(link.node in waiting for link in pn.links.values()):
+                waiting.add(node_id)
+                deferred.append(node_id)
+            else:
+                run.keys[node_id] = self._key(run, node_id)
+        return deferred
+
+    def _key(self, run: _RunState, node_id: str) -> str:
+        pn = run.plan.nodes[node_id]
+        nt = pn.type
+        ctx = run.contexts[node_id]
+        upstream = {name: (run.keys[link.node], link.output) for name, link in pn.links.items()}
+        salt: Any = f"{pn.id}@{ctx.out_dir}" if nt.side_effects else None
+        if nt.fingerprint is not None:
+            kwargs = self._literal_kwargs(pn)
+            for name, link in pn.links.items():
+                if nt.inputs[name].paths is not None:
+                    kwargs[name] = run.values[link.node][link.output]
+            self._resolve_paths(pn, kwargs, ctx, run.result, run.emit, only=set(pn.links))
+            try:
+                salt = [salt, nt.fingerprint(kwargs, ctx)]
+            except Exception as exc:
+                raise self._failed(pn, exc, 0.0, run.result, run.emit) from exc
+        return node_key(nt.name, nt.version, pn.values, upstream, salt=salt)
+
+    def _triage(self, run: _RunState, wanted: list[str], prefetched: dict[str, dict[str, Any]] | None = None
                 ) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        """Split the needed nodes into cache hits and nodes to run, walking back from the targets.
+        """Split the nodes that ``wanted`` need into cache hits and nodes to run, walking back from them.
 
         A cached node's inputs are not needed, so whole upstream branches (model loading, say) are
-        skipped when everything that consumes them is cached.
+        skipped when everything that consumes them is cached. Nodes already computed in this run are
+        skipped; a node whose key is not known yet counts as one to run.
         """
-        needed = {n for n, _ in plan.targets}
+        needed = set(wanted)
         hits: dict[str, dict[str, Any]] = {}
         to_run: set[str] = set()
-        for node_id in reversed(order):
-            if node_id not in needed:
+        for node_id in reversed(run.order):
+            if node_id not in needed or node_id in run.values:
                 continue
-            pn = plan.nodes[node_id]
-            hit = self._lookup(keys[node_id], pn)
+            pn = run.plan.nodes[node_id]
+            key = run.keys.get(node_id)
+            hit = None
+            if key is not None:
+                hit = prefetched.pop(node_id, None) if prefetched is not None else None
+                hit = hit if hit is not None else self._lookup(key, pn)
             if hit is not None:
                 hits[node_id] = hit
             else:
                 to_run.add(node_id)
                 needed.update(link.node for link in pn.links.values())
         return hits, to_run
+
+    def _visit(self, run: _RunState, hits: dict[str, dict[str, Any]], to_run: set[str]) -> None:
+        """Take the hits and run the rest, in topological order."""
+        for node_id in run.order:
+            if node_id not in hits and node_id not in to_run:
+                continue
+            if self.interrupt_flag.is_set():
+                raise RunInterrupted(node_id)
+            pn = run.plan.nodes[node_id]
+            key = run.keys[node_id]
+            if node_id in hits:
+                run.values[node_id] = hits[node_id]
+                run.result.records[node_id] = NodeRecord(node_id, pn.type.name, "cached", 0.0, key)
+                run.emit(Event("node_cached", run.result.run_id, node=node_id, node_type=pn.type.name))
+            else:
+                run.values[node_id] = self._run_node(pn, run.values, key, run.contexts[node_id], run.result,
+                                                     run.emit)
 
     @staticmethod
     def _literal_kwargs(pn: PlannedNode) -> dict[str, Any]:
@@ -235,6 +290,7 @@ class Executor:
         kwargs = self._literal_kwargs(pn)
         for name, link in pn.links.items():
             kwargs[name] = values[link.node][link.output]
+        self._resolve_paths(pn, kwargs, ctx, result, emit)
         emit(Event("node_started", result.run_id, node=pn.id, node_type=nt.name))
 
         def on_progress(i: int, n: int, extra: dict[str, Any]) -> None:
@@ -245,11 +301,15 @@ class Executor:
         try:
             outputs = nt.call(kwargs, ctx)
         except RunInterrupted:
+            ctx.release_claims()
             raise
         except KeyboardInterrupt as exc:
+            ctx.release_claims()
             raise RunInterrupted(pn.id) from exc
         except Exception as exc:
+            ctx.release_claims()
             raise self._failed(pn, exc, time.perf_counter() - t0, result, emit) from exc
+        ctx._claims.clear()
         seconds = time.perf_counter() - t0
         self.memory.put(key, outputs)
         if self.disk is not None:
@@ -257,6 +317,21 @@ class Executor:
         result.records[pn.id] = NodeRecord(pn.id, nt.name, "ran", seconds, key)
         emit(Event("node_finished", result.run_id, node=pn.id, node_type=nt.name, seconds=seconds))
         return outputs
+
+    def _resolve_paths(self, pn: PlannedNode, kwargs: dict[str, Any], ctx: RunContext, result: RunResult,
+                       emit: Sink, only: set[str] | None = None) -> None:
+        """Resolve and sandbox every path the node is about to receive (or fingerprint), whatever its origin
+        (literal, parameter or link): the one place where paths enter nodes."""
+        sandbox = ctx.sandbox
+        assert sandbox is not None
+        for name, port in pn.type.inputs.items():
+            if port.paths is None or name not in kwargs or (only is not None and name not in only):
+                continue
+            try:
+                kwargs[name] = port.paths(kwargs[name], sandbox.resolve_value)
+            except PathNotAllowed as exc:
+                error = NodeInputError(str(exc), input=name, code="path_not_allowed")
+                raise self._failed(pn, error, 0.0, result, emit) from None
 
     def _lookup(self, key: str, pn: PlannedNode) -> dict[str, Any] | None:
         hit = self.memory.get(key)

@@ -31,7 +31,7 @@ from pydantic.fields import FieldInfo
 
 from .context import RunContext
 from .errors import NodeDefinitionError
-from .paths import PathRole, find_path_role
+from .paths import PathRole, PathWalker, find_path_role, path_walker
 
 DEFAULT_OUTPUT = "result"
 _TYPE_NAME = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
@@ -94,6 +94,8 @@ class InputPort:
     field_info: FieldInfo | None
     description: str
     path_role: PathRole | None = None
+    #: Resolves every path inside a value of this input (scalars, Optional, containers); None when it has none.
+    paths: PathWalker | None = field(default=None, compare=False, repr=False)
 
     @property
     def required(self) -> bool:
@@ -238,7 +240,7 @@ def build_node_type(
             info = FieldInfo.merge_field_infos(info, default) if info else default
             default = REQUIRED if info.is_required() else info.get_default(call_default_factory=True)
         desc = (info.description if info and info.description else None) or arg_docs.get(p.name, "")
-        port = InputPort(p.name, base, default, info, desc, find_path_role(ann))
+        port = InputPort(p.name, base, default, info, desc, find_path_role(ann), path_walker(ann))
         if default is not REQUIRED and port.adapter is not None:
             try:
                 port.adapter.validate_python(default)

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 from .errors import Problem
 from .graph import build_graph, find_cycles, terminal_nodes
 from .node import REQUIRED, InputPort, NodeType
-from .paths import PathNotAllowed, Sandbox
+from .paths import PathNotAllowed, Sandbox, text_form
 from .registry import NodeRegistry
 from .types import is_assignable, strip_annotated, type_name
 from .workflow import PARAM_TYPES, Constant, Link, ParamRef, Workflow, classify_input
@@ -96,9 +96,9 @@ def _check_value(node_id: str, port: InputPort, value: Any, what: str, problems:
         return REQUIRED
     try:
         checked = port.adapter.validate_python(value)
-        if port.path_role is not None and sandbox is not None:
+        if port.paths is not None and sandbox is not None:
             try:
-                checked = sandbox.resolve_value(checked, port.path_role)
+                checked = port.paths(checked, sandbox.resolve_value)
             except PathNotAllowed as exc:
                 problems.append(Problem("path_not_allowed", str(exc), node=node_id, input=port.name))
                 return REQUIRED
@@ -166,7 +166,7 @@ def plan_workflow(
                 if value is not REQUIRED:
                     pn.values[input_name] = value
         for input_name, port in nt.inputs.items():
-            if input_name not in spec.inputs and port.path_role is not None and not port.required:
+            if input_name not in spec.inputs and port.paths is not None and not port.required:
                 value = _check_value(node_id, port, port.default, "default", problems, sandbox)
                 if value is not REQUIRED:
                     pn.values[input_name] = value
@@ -234,7 +234,10 @@ def _check_link(wf: Workflow, planned: dict[str, PlannedNode], node_id: str, inp
                                 node=node_id, input=input_name))
         return False
     port = planned[node_id].type.inputs[input_name]
-    if not is_assignable(out.annotation, port.annotation):
+    fits = is_assignable(out.annotation, port.annotation)
+    if not fits and port.paths is not None:  # text may feed a path input; the executor resolves and checks it
+        fits = is_assignable(out.annotation, text_form(port.annotation))
+    if not fits:
         problems.append(Problem("type_mismatch", f"link {link} gives {type_name(out.annotation)} but the input "
                                 f"takes {type_name(port.annotation)}", node=node_id, input=input_name))
         return False

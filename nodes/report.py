@@ -19,12 +19,13 @@ import json
 import math
 import os
 import shutil
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from reelgraph.files import atomic_path, atomic_write_bytes, atomic_write_text
+from reelgraph.paths import PathNotAllowed
 
 from .metrics import Metric
 
@@ -44,18 +45,6 @@ _DIGITS = {
 }
 _BACKGROUND = 24
 _INK = 235
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place on success, delete it on failure."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ----------------------------------------------------------------------------------------------- contact sheet
@@ -146,12 +135,32 @@ def write_png(image: torch.Tensor, path: str | os.PathLike[str]) -> Path:
     codec.width, codec.height, codec.pix_fmt = width, height, "rgb24"
     frame = av.VideoFrame.from_ndarray(image.contiguous().numpy(), format="rgb24")
     data = b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
-    with _atomic(path) as tmp:
-        tmp.write_bytes(data)
-    return path
+    return atomic_write_bytes(path, data)
 
 
 # ----------------------------------------------------------------------------------------------- report
+
+
+class Claims(Protocol):
+    """Decides the names files are written under: in a run, the engine's ``RunContext.claim_output``."""
+
+    def claim(self, path: Path, exact: bool = False) -> Path:
+        """The name to write ``path`` under (``exact``: that name or ``FileExistsError``)."""
+        ...
+
+    def release(self, path: Path) -> None:
+        """Give back a name claimed and not written."""
+        ...
+
+
+class _Direct:
+    """Claims outside a run (library use): every file is written where asked."""
+
+    def claim(self, path: Path, exact: bool = False) -> Path:
+        return path
+
+    def release(self, path: Path) -> None:
+        return None
 
 
 @dataclass(frozen=True)
@@ -172,21 +181,24 @@ def _same_file_content(a: Path, b: Path) -> bool:
     return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
-def _place(file: Path, folder: Path, files_dir: Path) -> str:
+def _place(file: Path, folder: Path, files_dir: Path, claims: Claims) -> str:
     """The report-relative reference to ``file``: as is when it lies under ``folder``, else a copy in
-    ``files_dir`` (copied atomically; a different file of the same name gets a numbered name)."""
+    ``files_dir`` (an identical copy there is reused; otherwise a new name is claimed and copied atomically)."""
     file = file.resolve()
     if file.is_relative_to(folder):
         return file.relative_to(folder).as_posix()
-    files_dir.mkdir(parents=True, exist_ok=True)
-    target = files_dir / file.name
-    n = 1
-    while target.exists() and not _same_file_content(target, file):
-        target = files_dir / f"{file.stem}-{n}{file.suffix}"
-        n += 1
-    if not target.exists():
-        with _atomic(target) as tmp:
-            shutil.copyfile(file, tmp)
+    if os.path.lexists(files_dir) and (files_dir.is_symlink() or not files_dir.is_dir()):
+        raise PathNotAllowed(f"{files_dir.name!r} beside the report is not a plain folder; reports never write "
+                             "through links")
+    for n in range(100):
+        existing = files_dir / (file.name if n == 0 else f"{file.stem}-{n}{file.suffix}")
+        if not existing.is_file() or existing.is_symlink():
+            break
+        if _same_file_content(existing, file):
+            return existing.relative_to(folder).as_posix()
+    target = claims.claim(files_dir / file.name)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(file, tmp)
     return target.relative_to(folder).as_posix()
 
 
@@ -253,33 +265,49 @@ def _html(title: str, note: str, metrics: Sequence[Metric], clips: Sequence[dict
             f"{clips_html}\n</body>\n</html>\n")
 
 
+def _claim_pair(html_path: Path, claims: Claims) -> tuple[Path, Path]:
+    """Claim ``<stem>.html`` and its ``<stem>.json`` twin together: the first ``n`` where both are free
+    (``name-1.html`` + ``name-1.json``, ...). A claim that cannot have both gives the first one back."""
+    for n in range(10_000):
+        html = html_path if n == 0 else html_path.with_name(f"{html_path.stem}-{n}{html_path.suffix}")
+        try:
+            first = claims.claim(html, exact=True)
+        except FileExistsError:
+            continue
+        try:
+            return first, claims.claim(first.with_suffix(".json"), exact=True)
+        except FileExistsError:
+            claims.release(first)
+    raise FileExistsError(f"no free name next to {html_path}")
+
+
 def write_report(html_path: str | os.PathLike[str], title: str, metrics: Sequence[Metric],
                  items: Sequence[ReportItem], note: str = "",
-                 progress: Callable[[int, int], None] | None = None) -> tuple[Path, Path]:
+                 progress: Callable[[int, int], None] | None = None,
+                 claims: Claims | None = None) -> tuple[Path, Path]:
     """Write ``<stem>.html`` and ``<stem>.json`` for ``metrics`` and ``items``; return both paths.
 
     Files outside the HTML file's folder are copied into ``<stem>_files/`` beside it, so every reference is
-    relative and inside the folder.
+    relative and inside the folder. ``claims`` decides every file name written (in a run, the engine's
+    ``RunContext.claim_output``: sandboxed, never replacing what it may not); without it, the files are
+    written where asked.
     """
-    html_path = Path(html_path).resolve()
+    claims = claims or _Direct()
+    html_path, json_path = _claim_pair(Path(html_path), claims)
     folder = html_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
     files_dir = folder / f"{html_path.stem}_files"
     clips = []
     for n, item in enumerate(items):
         clips.append({
             "name": item.name,
-            "video": _place(item.video, folder, files_dir) if item.video else None,
-            "sheet": _place(item.sheet, folder, files_dir) if item.sheet else None,
+            "video": _place(item.video, folder, files_dir, claims) if item.video else None,
+            "sheet": _place(item.sheet, folder, files_dir, claims) if item.sheet else None,
         })
         if progress is not None:
             progress(n + 1, len(items))
     document = {"title": title, "note": note, "metrics": [m.to_json() for m in metrics], "clips": clips}
-    json_path = html_path.with_suffix(".json")
-    with _atomic(json_path) as tmp:
-        tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
-    with _atomic(html_path) as tmp:
-        tmp.write_text(_html(title, note, metrics, clips), encoding="utf-8")
+    atomic_write_text(json_path, json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+    atomic_write_text(html_path, _html(title, note, metrics, clips))
     return html_path, json_path
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, NamedTuple
 from pydantic import Field
 
 from reelgraph import InputPath, NodeInputError, OutputPath, RunContext, node
+from reelgraph.paths import PathNotAllowed
 
 from . import report
 from .metrics import Metric
@@ -22,15 +23,17 @@ def _check_suffix(path: Path, suffixes: tuple[str, ...]) -> None:
                              f"{' or '.join(suffixes)}", input="path")
 
 
-def _claim_report(ctx: RunContext, path: Path) -> Path:
-    """A name for the HTML file such that neither it nor its ``.json`` twin replaces an existing file
-    (``name-1.html`` and ``name-1.json``, ...), unless the run may overwrite."""
-    target = ctx.claim_output(path, "path")
-    n = 0
-    while not ctx.overwrite and (target.exists() or target.with_suffix(".json").exists()):
-        n += 1
-        target = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return target
+class _RunClaims:
+    """The report's file names, claimed through the engine (sandboxed, atomic, no replacing inputs)."""
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+
+    def claim(self, path: Path, exact: bool = False) -> Path:
+        return self.ctx.claim_output(path, "path", exact=exact)
+
+    def release(self, path: Path) -> None:
+        self.ctx.release_claim(path)
 
 
 def _sample(count: int, limit: int) -> list[int]:
@@ -142,7 +145,6 @@ def write_report(
         sheet_4: a contact sheet PNG shown with video 4.
     """
     _check_suffix(path, (".html", ".htm"))
-    target = _claim_report(ctx, path)
     metrics = [m for m in (metric_1, metric_2, metric_3, metric_4, metric_5, metric_6, metric_7, metric_8)
                if m is not None]
     items = []
@@ -151,6 +153,9 @@ def write_report(
         item = report.ReportItem(_existing(video, f"video_{n}"), _existing(sheet, f"sheet_{n}"))
         if item.video or item.sheet:
             items.append(item)
-    html_path, json_path = report.write_report(target, title, metrics, items, note=note,
-                                               progress=lambda i, n: ctx.progress(i, n))
+    try:
+        html_path, json_path = report.write_report(path, title, metrics, items, note=note,
+                                                   progress=lambda i, n: ctx.progress(i, n), claims=_RunClaims(ctx))
+    except PathNotAllowed as exc:
+        raise NodeInputError(str(exc), input="path", code="path_not_allowed") from exc
     return ReportFiles(html_path, json_path, report.metric_values(metrics))

@@ -22,11 +22,12 @@ from __future__ import annotations
 import math
 import os
 import re
-import uuid
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from reelgraph.files import atomic_path
 
 from .values import Video
 
@@ -253,8 +254,7 @@ def write_video(
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist")
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         options = {"movflags": "+faststart"} if fmt == "mp4" else {}
         with av.open(str(tmp), "w", format=fmt, options=options) as container:
             if pad_h or pad_w:
@@ -281,8 +281,4 @@ def write_video(
                     progress(i + 1, n)
             for packet in stream.encode():
                 container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

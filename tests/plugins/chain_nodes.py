@@ -11,7 +11,7 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field
 
-from reelgraph import OutputPath, RunContext, hookimpl, node, path_input
+from reelgraph import InputPath, OutputPath, RunContext, hookimpl, node, path_input
 
 CALLS: list[str] = []
 
@@ -124,7 +124,32 @@ def save_anywhere(text: str, where: str, ctx: RunContext) -> Path:
     return target
 
 
+@node("t.read_path", category="test")
+def read_path(path: InputPath) -> str:
+    """Read a text file given as an ``InputPath`` (a ``Path`` input that a ``str`` output may feed)."""
+    assert isinstance(path, Path)
+    return path.read_text()
+
+
+@node("t.read_many", category="test")
+def read_many(paths: list[InputPath], named: dict[str, InputPath] | None = None,
+              pair: tuple[InputPath, str] | None = None) -> str:
+    """Read several files given in containers of paths."""
+    texts = [p.read_text() for p in paths]
+    texts += [f"{k}={v.read_text()}" for k, v in (named or {}).items()]
+    if pair is not None:
+        texts.append(f"{pair[1]}:{pair[0].read_text()}")
+    return "|".join(texts)
+
+
+@node("t.lines", category="test")
+def lines(text: str) -> list[str]:
+    """Split text into lines (a ``list[str]`` output, e.g. for ``t.read_many.paths``)."""
+    return text.splitlines()
+
+
 @hookimpl
 def reelgraph_register_nodes(registry):  # type: ignore[no-untyped-def]
-    for fn in (add, scale, pair, dog, animal_name, steps, fail, write, to_str, read_file, save_text, save_anywhere):
+    for fn in (add, scale, pair, dog, animal_name, steps, fail, write, to_str, read_file, save_text, save_anywhere,
+               read_path, read_many, lines):
         registry.add(fn)
