@@ -136,8 +136,11 @@ class Engine:
         return self.executor.run(plan, sandbox=sandbox, overwrite=overwrite, max_memory=limit, sinks=events)
 
     def interrupt(self) -> None:
-        """Ask the current run to stop at the next progress tick or node boundary (thread-safe)."""
-        self.executor.interrupt_flag.set()
+        """Ask every run in progress on this engine to stop at its next progress tick or node boundary.
+
+        Thread-safe. An engine may run workflows from several threads at once: each run keeps its own state
+        and stop flag, the caches are shared under locks, and output names are claimed atomically."""
+        self.executor.interrupt()
 
 
 _engines: dict[tuple[Any, ...], Engine] = {}

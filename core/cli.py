@@ -22,6 +22,16 @@ from .memory import parse_size
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
+class UsageError(Exception):
+    """A mistake on the command line (exit code 2): a malformed option, a file that is not there."""
+
+
+def _threads_arg(text: str) -> str:
+    if text == "auto" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"want a thread count >= 1 or 'auto', got {text!r}")
+
+
 def _add_plugin_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="PATH_OR_MODULE",
                    help="load a plugin from a .py file or module (repeatable; also $REELGRAPH_PLUGINS)")
@@ -61,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-memory", default="auto", metavar="SIZE", type=_size_arg,
                    help="refuse (too_large) allocations above SIZE, e.g. 8G; 'off' for no limit "
                         "(default: 80%% of the memory available at start)")
-    p.add_argument("--threads", default=None, metavar="N|auto",
+    p.add_argument("--threads", default=None, metavar="N|auto", type=_threads_arg,
                    help="torch CPU threads (default: auto, measured: 1 or all cores, whichever is faster now)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="persist results across runs in DIR")
     p.add_argument("--events", choices=["jsonl"], default=None, help="stream events as JSON lines")
@@ -108,7 +118,7 @@ def parse_sets(sets: Sequence[str], workflow: Any) -> dict[str, Any]:
     for item in sets:
         name, sep, text = item.partition("=")
         if not sep or not name:
-            raise SystemExit(f"reelgraph: --set wants NAME=VALUE, got {item!r}")
+            raise UsageError(f"--set wants NAME=VALUE, got {item!r}")
         value: Any = text
         spec = wf.params.get(name) if wf is not None else None
         if spec is not None and spec.type == "json":
@@ -260,10 +270,23 @@ COMMANDS = {
 }
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """Refuse command-line mistakes before any work: folders that cannot be used. (A workflow file that cannot
+    be read is reported as the workflow's ``bad_format`` problem, exit 1.)"""
+    cache_dir = getattr(args, "cache_dir", None)
+    if cache_dir is not None and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+        raise UsageError(f"--cache-dir {cache_dir!r} is a file, not a folder")
+    for option in ("record", "events_file"):
+        target = getattr(args, option, None)
+        if target is not None and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+            raise UsageError(f"--{option.replace('_', '-')} {target!r}: its folder does not exist")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``reelgraph`` console script."""
     args = build_parser().parse_args(argv)
     try:
+        _check_usage(args)
         engine = Engine(args.plugin, cache_dir=getattr(args, "cache_dir", None))
         if args.command != "plugins":
             for info in engine.plugins:
@@ -273,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stderr.write(f"warning: node type {name!r} is registered by {' and '.join(owners)}; "
                                  "neither is usable\n")
         return COMMANDS[args.command](args, engine)
+    except UsageError as exc:
+        sys.stderr.write(f"reelgraph: error: {exc}\n")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return EXIT_INTERRUPTED

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,3 +121,22 @@ class RunContext:
             return self._sandbox.resolve(path, kind)  # type: ignore[arg-type]
         except PathNotAllowed as exc:
             raise NodeInputError(str(exc), input=input, code="path_not_allowed") from exc
+
+
+_current: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("reelgraph_run_context", default=None)
+
+
+@contextlib.contextmanager
+def running(ctx: RunContext) -> Iterator[None]:
+    """Mark ``ctx`` as the context of the node running in this thread (the engine wraps every node call)."""
+    token = _current.set(ctx)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def current_context() -> RunContext | None:
+    """The context of the node running in this thread, or None outside a node. Lets library code deep inside
+    a node (a torch forward hook, say) notice an interrupt without being handed the context."""
+    return _current.get()

@@ -67,11 +67,12 @@ RUNTIME_CODES: dict[str, str] = {
     "node_failed": "the node raised an unexpected error; the message says which",
     "invalid_value": "an input value was refused once the node could check it (e.g. against the loaded model)",
     "file_not_found": "a file an input names does not exist",
-    "path_not_allowed": "a path computed while running leaves the allowed folders",
+    "path_not_allowed": "a path that arrives by a link, or is computed while running, leaves the allowed folders",
     "model_load_failed": "a model source is missing, malformed, or holds weights that would need pickle",
     "video_decode_failed": "a video file does not decode",
     "too_large": "the frames or latents a node was about to allocate exceed the memory limit (--max-memory)",
     "interrupted": "the run was interrupted; finished results stay cached",
+    "bad_output": "a node returned a value that is not of the type it declares (a bug in that node)",
     "worker_died": "batch: the Ray actor running this run died (it is restarted for the next runs)",
     "worker_error": "batch: the Ray actor raised outside the engine while running this run",
     "no_worker": "batch: no Ray actor could be started or reached to run this run",
@@ -98,6 +99,7 @@ FIXES: dict[str, str] = {
                         "`--allow-path DIR` (`allow_paths=` in Python) if you trust the workflow.",
     "too_large": "Lower frames/size, use chunking (`chunk_frames`) or context windows, or raise `--max-memory`.",
     "node_failed": "Read the message; `--debug` shows the traceback. Results of earlier nodes are cached.",
+    "bad_output": "Report it to the node's plugin; the message names the output and what it returned.",
     "file_not_found": "Check the path; relative input paths resolve against the workflow file's folder.",
     "model_load_failed": "Point `source` at a diffusers folder with model_index.json and safetensors weights "
                          "(convert pickle checkpoints once, from a trusted copy).",
@@ -123,6 +125,14 @@ class NodeInputError(ReelgraphError, ValueError):
         self.input = input
         self.code = code
         super().__init__(message)
+
+
+class NodeOutputError(NodeInputError):
+    """A node returned a value that is not of its declared output type (``bad_output``): the fault is the
+    node's, so it is reported there rather than by whichever node would have received the value."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, input=None, code="bad_output")
 
 
 class NodeFailed(ReelgraphError):

@@ -1,7 +1,9 @@
 """Run events and the sinks that show them: a terminal progress display and a JSON-lines stream.
 
 Event kinds: ``run_started``, ``node_started``, ``node_cached``, ``node_progress`` (i/n),
-``node_finished`` (seconds), ``node_failed`` (message), ``run_finished`` (status, seconds).
+``node_finished`` (seconds), ``node_failed`` (message), ``cache_warning`` (a damaged disk cache entry was
+ignored and removed, or a result could not be written to the disk cache: ``reason`` is ``corrupt`` or
+``write_failed``; the run goes on), ``run_finished`` (status, seconds).
 A sink is any callable taking an :class:`Event`.
 """
 
@@ -21,6 +23,7 @@ EVENT_KINDS = (
     "node_progress",
     "node_finished",
     "node_failed",
+    "cache_warning",
     "run_finished",
 )
 
@@ -97,6 +100,8 @@ class TerminalProgress:
             self.stream.write(f"\r\033[K[{self.done + 1}/{self.total}] {ev.node} |{bar}| {ev.i}/{ev.n}")
             self.stream.flush()
             self._bar_open = True
+        elif ev.event == "cache_warning":
+            self._line(f"warning: {ev.node}: {ev.message}")
         elif ev.event == "node_failed":
             self._line(f"[{self.done + 1}/{self.total}] {ev.node} ({ev.node_type}) FAILED: {ev.message}")
         elif ev.event == "run_finished":

@@ -21,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import files
 from .cache import DiskCache, MemoryCache, node_key
-from .context import RunContext
-from .errors import NodeFailed, NodeInputError, ReelgraphError, RunInterrupted
+from .context import RunContext, running
+from .errors import NodeFailed, NodeInputError, NodeOutputError, ReelgraphError, RunInterrupted
 from .events import Event, Sink
 from .graph import execution_order
 from .paths import PathNotAllowed, Sandbox
+from .types import type_name, value_fits
 from .validate import Plan, PlannedNode
 
 
@@ -88,27 +90,31 @@ def _no_progress(i: int, n: int, extra: dict[str, Any]) -> None:
     return None
 
 
-def _paths_exist(outputs: dict[str, Any]) -> bool:
-    return all(Path(v).exists() for v in outputs.values() if isinstance(v, os.PathLike))
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name))
 
 
 @contextmanager
-def _sigint_requests(flag: threading.Event) -> Iterator[None]:
-    """While running in the main thread, turn the first Ctrl-C into a clean-stop request."""
+def _stop_requests(flag: threading.Event) -> Iterator[None]:
+    """While running in the main thread, turn the first Ctrl-C or SIGTERM into a clean-stop request.
+
+    A second signal stops at once (``KeyboardInterrupt``), except during an atomic file write, which
+    finishes first (see :func:`reelgraph.files.defer_interrupts`).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if flag.is_set():
+        if flag.is_set() and not files.request_stop_after_write():
             raise KeyboardInterrupt
         flag.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -120,8 +126,10 @@ class _RunState:
     contexts: dict[str, RunContext]
     result: RunResult
     emit: Sink
+    flag: threading.Event
     keys: dict[str, str] = field(default_factory=dict)
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    current: str | None = None
 
 
 class Executor:
@@ -130,7 +138,14 @@ class Executor:
     def __init__(self, memory: MemoryCache, disk: DiskCache | None = None) -> None:
         self.memory = memory
         self.disk = disk
-        self.interrupt_flag = threading.Event()
+        self._active: set[threading.Event] = set()
+        self._active_lock = threading.Lock()
+
+    def interrupt(self) -> None:
+        """Ask every run in progress on this executor to stop at its next progress tick or node boundary."""
+        with self._active_lock:
+            for flag in self._active:
+                flag.set()
 
     def run(self, plan: Plan, *, sandbox: Sandbox, overwrite: bool | Path = False, max_memory: int | None = None,
             sinks: Iterable[Sink] = ()) -> RunResult:
@@ -143,20 +158,23 @@ class Executor:
         sinks = list(sinks)
         result = RunResult(run_id=uuid.uuid4().hex[:12], params=dict(plan.params))
         order = execution_order(plan.graph, [n for n, _ in plan.targets])
-        self.interrupt_flag.clear()
+        flag = threading.Event()  # this run's own: runs in other threads are stopped separately
+        with self._active_lock:
+            self._active.add(flag)
 
         def emit(ev: Event) -> None:
             for sink in sinks:
                 sink(ev)
 
         started = time.perf_counter()
-        temp_root = Path(tempfile.mkdtemp(prefix="reelgraph-run-"))
+        files.sweep_run_folders()
+        temp_root = Path(tempfile.mkdtemp(prefix=files.run_folder_prefix()))
         contexts = {n: RunContext(n, plan.nodes[n].type.name, sandbox.out_dir, sandbox.base_dir,
                                   self.disk.root if self.disk else None, temp_root, sandbox, overwrite,
-                                  max_memory, _no_progress, self.interrupt_flag) for n in order}
-        run = _RunState(plan, order, contexts, result, emit)
+                                  max_memory, _no_progress, flag) for n in order}
+        run = _RunState(plan, order, contexts, result, emit, flag)
         try:
-            with _sigint_requests(self.interrupt_flag):
+            with _stop_requests(flag):
                 deferred = self._keys(run)
                 hits, to_run = self._triage(run, [n for n, _ in plan.targets])
                 visit = [n for n in order if n in hits or n in to_run]
@@ -168,7 +186,10 @@ class Executor:
                     if sources:
                         self._visit(run, *self._triage(run, sources, hits))
                     run.keys[node_id] = self._key(run, node_id)
-                self._visit(run, *self._triage(run, [n for n, _ in plan.targets], hits))
+                try:
+                    self._visit(run, *self._triage(run, [n for n, _ in plan.targets], hits))
+                except KeyboardInterrupt as exc:  # a second signal, between nodes or in the engine's own work
+                    raise RunInterrupted(run.current) from exc
         except (NodeFailed, RunInterrupted) as exc:
             result.status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
             result.seconds = time.perf_counter() - started
@@ -178,6 +199,8 @@ class Executor:
             raise
         finally:
             shutil.rmtree(temp_root, ignore_errors=True)
+            with self._active_lock:
+                self._active.discard(flag)
         for node_id, out in plan.targets:
             names = [out] if out else list(plan.nodes[node_id].type.outputs)
             for name in names:
@@ -223,7 +246,7 @@ class Executor:
                 salt = [salt, nt.fingerprint(kwargs, ctx)]
             except Exception as exc:
                 raise self._failed(pn, exc, 0.0, run.result, run.emit) from exc
-        return node_key(nt.name, nt.version, pn.values, upstream, salt=salt)
+        return node_key(nt.name, nt.version, pn.values, upstream, salt=salt, code=nt.code_identity())
 
     def _triage(self, run: _RunState, wanted: list[str], prefetched: dict[str, dict[str, Any]] | None = None
                 ) -> tuple[dict[str, dict[str, Any]], set[str]]:
@@ -244,7 +267,7 @@ class Executor:
             hit = None
             if key is not None:
                 hit = prefetched.pop(node_id, None) if prefetched is not None else None
-                hit = hit if hit is not None else self._lookup(key, pn)
+                hit = hit if hit is not None else self._lookup(key, pn, run)
             if hit is not None:
                 hits[node_id] = hit
             else:
@@ -257,8 +280,9 @@ class Executor:
         for node_id in run.order:
             if node_id not in hits and node_id not in to_run:
                 continue
-            if self.interrupt_flag.is_set():
+            if run.flag.is_set():
                 raise RunInterrupted(node_id)
+            run.current = node_id
             pn = run.plan.nodes[node_id]
             key = run.keys[node_id]
             if node_id in hits:
@@ -268,6 +292,7 @@ class Executor:
             else:
                 run.values[node_id] = self._run_node(pn, run.values, key, run.contexts[node_id], run.result,
                                                      run.emit)
+        run.current = None
 
     @staticmethod
     def _literal_kwargs(pn: PlannedNode) -> dict[str, Any]:
@@ -299,7 +324,9 @@ class Executor:
         ctx._emit_progress = on_progress
         t0 = time.perf_counter()
         try:
-            outputs = nt.call(kwargs, ctx)
+            with running(ctx):
+                outputs = nt.call(kwargs, ctx)
+            self._check_outputs(pn, outputs)
         except RunInterrupted:
             ctx.release_claims()
             raise
@@ -309,14 +336,31 @@ class Executor:
         except Exception as exc:
             ctx.release_claims()
             raise self._failed(pn, exc, time.perf_counter() - t0, result, emit) from exc
+        except BaseException as exc:  # SystemExit from a node must not end the process or a batch
+            ctx.release_claims()
+            failure = NodeFailed(pn.id, nt.name, f"{type(exc).__name__}: {exc}", plugin=nt.plugin)
+            raise self._failed(pn, failure, time.perf_counter() - t0, result, emit) from exc
         ctx._claims.clear()
         seconds = time.perf_counter() - t0
-        self.memory.put(key, outputs)
+        meta = _written(outputs) if nt.side_effects else None
+        self.memory.put(key, outputs, meta)
         if self.disk is not None:
-            self.disk.put(key, outputs)
+            outcome = self.disk.store(key, outputs, meta)
+            if outcome.status == "failed":
+                emit(Event("cache_warning", result.run_id, node=pn.id, node_type=nt.name,
+                           message=f"result not cached on disk: {outcome.message}", extra={"reason": "write_failed"}))
         result.records[pn.id] = NodeRecord(pn.id, nt.name, "ran", seconds, key)
         emit(Event("node_finished", result.run_id, node=pn.id, node_type=nt.name, seconds=seconds))
         return outputs
+
+    @staticmethod
+    def _check_outputs(pn: PlannedNode, outputs: dict[str, Any]) -> None:
+        """Refuse (``bad_output``) a value that is not of the node's declared output type."""
+        for name, port in pn.type.outputs.items():
+            value = outputs.get(name)
+            if not value_fits(value, port.annotation):
+                raise NodeOutputError(f"output {name!r} is declared {type_name(port.annotation)} but the node "
+                                      f"returned a {type(value).__name__}")
 
     def _resolve_paths(self, pn: PlannedNode, kwargs: dict[str, Any], ctx: RunContext, result: RunResult,
                        emit: Sink, only: set[str] | None = None) -> None:
@@ -333,13 +377,62 @@ class Executor:
                 error = NodeInputError(str(exc), input=name, code="path_not_allowed")
                 raise self._failed(pn, error, 0.0, result, emit) from None
 
-    def _lookup(self, key: str, pn: PlannedNode) -> dict[str, Any] | None:
-        hit = self.memory.get(key)
-        if hit is None and self.disk is not None:
-            hit = self.disk.get(key, {n: o.annotation for n, o in pn.type.outputs.items()})
-            if hit is not None:
-                self.memory.put(key, hit)
-        if hit is not None and pn.type.side_effects and not _paths_exist(hit):
+    def _lookup(self, key: str, pn: PlannedNode, run: _RunState) -> dict[str, Any] | None:
+        entry = self.memory.entry(key)
+        if entry is None and self.disk is not None:
+            read = self.disk.read(key, {n: o.annotation for n, o in pn.type.outputs.items()})
+            if read.problem is not None:
+                run.emit(Event("cache_warning", run.result.run_id, node=pn.id, node_type=pn.type.name,
+                               message=f"cache entry ignored and removed: {read.problem}",
+                               extra={"reason": "corrupt"}))
+            if read.outputs is not None:
+                entry = (read.outputs, read.meta)
+                self.memory.put(key, *entry)
+        if entry is None:
+            return None
+        outputs, meta = entry
+        if pn.type.side_effects and not _unchanged(meta):
             self.memory.discard(key)
             return None
-        return hit
+        return outputs
+
+
+def _file_facts(path: Path) -> list[Any] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _written(outputs: dict[str, Any]) -> dict[str, Any]:
+    """What a side-effecting node wrote: each path output's size, mtime and sha256."""
+    from .cache import _sha256_file
+
+    facts: dict[str, Any] = {}
+    for value in outputs.values():
+        if isinstance(value, os.PathLike) and (stat := _file_facts(Path(value))) is not None:
+            try:
+                facts[os.fspath(value)] = [*stat, _sha256_file(Path(value)) if Path(value).is_file() else None]
+            except OSError:
+                continue
+    return {"files": facts}
+
+
+def _unchanged(meta: Any) -> bool:
+    """Whether every file a side-effecting node wrote is still there as it wrote it (size and content)."""
+    from .cache import _sha256_file
+
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict):
+        return False
+    for name, (size, mtime, digest) in meta["files"].items():
+        stat = _file_facts(Path(name))
+        if stat is None or stat[0] != size:
+            return False
+        if stat[1] != mtime:
+            try:
+                if digest is None or _sha256_file(Path(name)) != digest:
+                    return False
+            except OSError:
+                return False
+    return True

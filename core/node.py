@@ -150,6 +150,18 @@ class NodeType:
     fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None
     multi_output: bool = False
     plugin: str | None = field(default=None, compare=False)
+    libraries: tuple[str, ...] = ()
+    _identity: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    def code_identity(self) -> dict[str, Any]:
+        """What the node's results depend on besides its inputs: its code digest and library versions
+        (see :mod:`reelgraph.versions`); part of every cache key. Computed once."""
+        if self._identity is None:
+            from .versions import KEY_FORMAT, code_digest, library_versions
+
+            self._identity = {"format": KEY_FORMAT, "code": code_digest(self.fn),
+                              "libraries": library_versions(self.libraries)}
+        return self._identity
 
     def call(self, kwargs: dict[str, Any], ctx: RunContext) -> dict[str, Any]:
         """Run the function and return its outputs by name."""
@@ -209,6 +221,7 @@ def build_node_type(
     side_effects: bool = False,
     fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None,
     description: str | None = None,
+    libraries: tuple[str, ...] = (),
 ) -> NodeType:
     """Build a :class:`NodeType` from a function, checking the whole declaration (see :func:`node`)."""
     where = f"node {name!r} ({getattr(fn, '__qualname__', fn)})"
@@ -274,6 +287,7 @@ def build_node_type(
         side_effects=side_effects,
         fingerprint=fingerprint,
         multi_output=multi,
+        libraries=tuple(libraries),
     )
 
 
@@ -286,12 +300,14 @@ def node(
     side_effects: bool = False,
     fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None,
     description: str | None = None,
+    libraries: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a function as a node type named ``name`` (``"namespace.name"`` or a bare name).
 
     Args:
         name: the type name workflows use (lowercase, dotted namespaces allowed). Public contract.
-        version: bump when the node's results change for the same inputs; part of every cache key.
+        version: bump when the node's results change for the same inputs; part of every cache key (which also
+            holds a digest of the node's source package, so code edits invalidate results by themselves).
         category: a group for listings and docs ("io", "conditioning", "sampling", ...).
         output: the name of the single output when the return type is not a NamedTuple.
         side_effects: the node writes files or otherwise acts on the world; its cached result is
@@ -299,6 +315,8 @@ def node(
         fingerprint: ``fn(literal_inputs, ctx) -> JSON-able`` mixed into the cache key, for nodes whose
             result depends on more than their inputs (the size and mtime of a file they read, say).
         description: overrides the docstring as the node's documentation.
+        libraries: distribution names (``"torch"``, ``"diffusers"``) whose installed versions are part of the
+            cache key: results computed with another version are not reused.
 
     The function is returned unchanged except for a ``__reelgraph_node__`` attribute holding its
     :class:`NodeType`; register it with ``registry.add(fn)`` from a plugin hook.
@@ -314,6 +332,7 @@ def node(
             side_effects=side_effects,
             fingerprint=fingerprint,
             description=description,
+            libraries=libraries,
         )
         return fn
 

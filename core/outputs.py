@@ -26,7 +26,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import EXCLUSIVE_CREATE
+from .files import EXCLUSIVE_CREATE, sweep_temporaries
 from .paths import PathNotAllowed, Sandbox
 
 _MAX_NAMES = 10_000
@@ -81,6 +81,7 @@ class OutputWriter:
         """
         target = self.sandbox.resolve(path, "output")
         target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_temporaries(target.parent)
         if self.sandbox.resolve(target, "output") != target:  # a folder became a link meanwhile
             raise PathNotAllowed(f"{str(path)!r} changed while it was being resolved")
         for n in range(_MAX_NAMES):

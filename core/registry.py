@@ -81,11 +81,13 @@ class NodeRegistry:
     def __len__(self) -> int:
         return len(self._types)
 
-    def _withdraw(self, info: PluginInfo) -> None:
-        for name in info.node_types:
-            nt = self._types.get(name)
-            if nt is not None and nt.plugin == info.name:
-                del self._types[name]
+    def snapshot(self) -> tuple[dict[str, NodeType], dict[str, list[str]]]:
+        """The registry's state, to restore when a plugin fails halfway through registering."""
+        return dict(self._types), {k: list(v) for k, v in self.conflicts.items()}
+
+    def restore(self, state: tuple[dict[str, NodeType], dict[str, list[str]]], info: PluginInfo) -> None:
+        """Undo everything a failed plugin registered (its node types and the conflicts it caused)."""
+        self._types, self.conflicts = dict(state[0]), {k: list(v) for k, v in state[1].items()}
         info.node_types.clear()
 
 
@@ -172,6 +174,7 @@ class PluginSet:
                 self.pm.unregister(name=name)
             return
         self.registry._current = info
+        before = self.registry.snapshot()
         try:
             for impl in self.pm.hook.reelgraph_register_nodes.get_hookimpls():
                 if impl.plugin_name == name:
@@ -180,6 +183,6 @@ class PluginSet:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             info.error = _short_error(exc)
-            self.registry._withdraw(info)
+            self.registry.restore(before, info)
         finally:
             self.registry._current = None

@@ -69,3 +69,52 @@ def is_assignable(src: Any, dst: Any) -> bool:
             return True
         return dst is float and issubclass(src, int)
     return False
+
+
+_MAX_CHECKED_ITEMS = 1000
+
+
+def value_fits(value: Any, annotation: Any, _depth: int = 0) -> bool:
+    """Whether a value is of a declared type, as far as Python can tell at run time.
+
+    Used to check what a node returned (``bad_output``) and what a disk cache entry holds. Classes are
+    checked with ``isinstance`` (``int`` fits ``float``; ``bool`` fits ``int``); unions, ``Literal`` and
+    ``None`` as declared; containers by their class and, up to a thousand items and a few levels deep,
+    their items. Annotations Python cannot check (type variables, forward references) always fit.
+    """
+    tp = strip_annotated(annotation)
+    if tp is Any or tp is object:
+        return True
+    if tp is None or tp is type(None):
+        return value is None
+    origin = get_origin(tp)
+    if origin in _UNION_ORIGINS:
+        return any(value_fits(value, a, _depth) for a in get_args(tp))
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in get_args(tp))
+    if origin is not None:
+        if not isinstance(origin, type):
+            return True
+        if not isinstance(value, origin):
+            return False
+        args = get_args(tp)
+        if not args or _depth >= 3:
+            return True
+        if isinstance(value, dict):
+            key_type, item_type = (*args, Any)[:2]
+            items = list(value.items())[:_MAX_CHECKED_ITEMS]
+            return all(value_fits(k, key_type, _depth + 1) and value_fits(v, item_type, _depth + 1) for k, v in items)
+        if isinstance(value, tuple) and origin is tuple and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(value_fits(v, a, _depth + 1) for v, a in zip(value, args,
+                                                                                                   strict=True))
+        if isinstance(value, list | tuple | set | frozenset):
+            return all(value_fits(v, args[0], _depth + 1) for v in list(value)[:_MAX_CHECKED_ITEMS])
+        return True
+    if isinstance(tp, type):
+        if tp is float:
+            return isinstance(value, int | float)
+        try:
+            return isinstance(value, tp)
+        except TypeError:
+            return True
+    return True

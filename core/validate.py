@@ -22,7 +22,7 @@ from .node import REQUIRED, InputPort, NodeType
 from .paths import PathNotAllowed, Sandbox, text_form
 from .registry import NodeRegistry
 from .types import is_assignable, strip_annotated, type_name
-from .workflow import PARAM_TYPES, Constant, Link, ParamRef, Workflow, classify_input
+from .workflow import MAX_LITERAL_DEPTH, PARAM_TYPES, Constant, Link, ParamRef, Workflow, classify_input, too_deep
 
 if TYPE_CHECKING:
     import networkx as nx
@@ -80,6 +80,10 @@ def resolve_params(wf: Workflow, given: dict[str, Any], problems: list[Problem])
             problems.append(Problem("missing_param", f"parameter {name!r} has no default and no value was given "
                                     f"(set it with --set {name}=...)", input=name))
             continue
+        if too_deep(raw):
+            problems.append(Problem("invalid_value", f"parameter {name!r} nests lists and objects more than "
+                                    f"{MAX_LITERAL_DEPTH} levels deep", input=name))
+            continue
         try:
             values[name] = _PARAM_ADAPTERS[spec.type].validate_python(raw)
         except ValidationError as exc:
@@ -93,6 +97,10 @@ def _check_value(node_id: str, port: InputPort, value: Any, what: str, problems:
     if port.adapter is None:
         problems.append(Problem("invalid_value", f"input takes a {type_name(port.annotation)}, which only a link "
                                 "can supply ({\"from\": \"node.output\"})", node=node_id, input=port.name))
+        return REQUIRED
+    if too_deep(value):
+        problems.append(Problem("invalid_value", f"{what} nests lists and objects more than {MAX_LITERAL_DEPTH} "
+                                "levels deep", node=node_id, input=port.name))
         return REQUIRED
     try:
         checked = port.adapter.validate_python(value)

@@ -110,6 +110,24 @@ class Constant:
 InputSource = Link | ParamRef | Constant
 
 
+#: How deeply a literal value may nest lists and objects (deeper ones are refused as ``invalid_value``).
+MAX_LITERAL_DEPTH = 64
+
+
+def too_deep(value: Any, limit: int = MAX_LITERAL_DEPTH) -> bool:
+    """Whether ``value`` nests lists/objects more than ``limit`` levels (checked without recursion)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
 def classify_input(value: Any) -> InputSource | str:
     """Say what kind of input a raw JSON value is; a string return is a format error message."""
     if isinstance(value, dict) and "from" in value and len(value) == 1:
@@ -194,3 +212,5 @@ def load_document(path: str | Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError:
+        raise ValueError(f"{path}: nests lists and objects too deeply to read") from None

@@ -20,10 +20,17 @@ def node_modules() -> list[ModuleType]:
     return [importlib.import_module(f"reelgraph.nodes.{name}") for name in names]
 
 
+#: The libraries whose versions are part of every built-in node's cache key: results computed with another
+#: torch, diffusers, transformers, safetensors, PyAV or NumPy are never reused.
+LIBRARIES = ("torch", "diffusers", "transformers", "safetensors", "av", "numpy", "opencv-python-headless",
+             "torchmetrics")
+
+
 @hookimpl
 def reelgraph_register_nodes(registry: NodeRegistry) -> None:
     """Register every node declared in the built-in node modules."""
     for module in node_modules():
         for obj in vars(module).values():
             if hasattr(obj, "__reelgraph_node__") and getattr(obj, "__module__", None) == module.__name__:
-                registry.add(obj)
+                nt = registry.add(obj)
+                nt.libraries = tuple(sorted({*nt.libraries, *LIBRARIES}))
