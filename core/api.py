@@ -48,7 +48,8 @@ class Engine:
 
     Runs on one engine share the in-memory cache, so re-running a workflow after changing one literal
     re-executes only that node and its descendants. With ``cache_dir``, results that can be stored
-    safely also persist across processes.
+    safely also persist across processes (at most ``cache_size`` bytes of them, least recently used
+    removed first).
     """
 
     def __init__(
@@ -57,6 +58,7 @@ class Engine:
         *,
         cache_dir: str | Path | None = None,
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        cache_size: int | None = None,
         builtin: bool = True,
         entry_points: bool = True,
         env: bool = True,
@@ -64,7 +66,8 @@ class Engine:
         self.plugin_set = PluginSet().load(
             plugins, builtin=builtin, entry_points_group=ENTRY_POINT_GROUP if entry_points else None, env=env
         )
-        self.executor = Executor(MemoryCache(memory_bytes), DiskCache(cache_dir) if cache_dir else None)
+        disk = DiskCache(cache_dir, max_bytes=cache_size) if cache_dir else None
+        self.executor = Executor(MemoryCache(memory_bytes), disk)
 
     @property
     def registry(self) -> NodeRegistry:

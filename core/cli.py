@@ -1,4 +1,4 @@
-"""The ``reelgraph`` command: run, validate, graph, nodes, schema, plugins.
+"""The ``reelgraph`` command: run, validate, graph, nodes, schema, plugins, batch, cache, errors.
 
 Exit codes: 0 success; 1 invalid workflow (every problem printed); 2 bad command line;
 3 a node failed; 130 interrupted. A traceback is shown only with ``--debug``.
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", default=None, metavar="N|auto", type=_threads_arg,
                    help="torch CPU threads (default: auto, measured: 1 or all cores, whichever is faster now)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="persist results across runs in DIR")
+    p.add_argument("--cache-size", default=None, metavar="SIZE", type=_size_arg,
+                   help="keep the --cache-dir under SIZE (e.g. 20G), least recently used results removed first")
     p.add_argument("--events", choices=["jsonl"], default=None, help="stream events as JSON lines")
     p.add_argument("--events-file", default=None, metavar="FILE", help="write events there instead of stdout")
     p.add_argument("--record", default=None, metavar="FILE", help="write the run record (JSON) to FILE")
@@ -104,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("errors", help="list every error code with its cause and fix")
     p.add_argument("--markdown", action="store_true", help="print docs/errors.md")
     _add_plugin_args(p)
+
+    p = sub.add_parser("cache", help="inspect, check or trim a --cache-dir")
+    p.add_argument("action", choices=["info", "verify", "prune"],
+                   help="info: entries and size; verify: check every checksum (--repair removes bad entries); "
+                        "prune: remove least recently used entries until under --max-size (default: all)")
+    p.add_argument("--cache-dir", required=True, metavar="DIR")
+    p.add_argument("--max-size", default="0", metavar="SIZE", type=_size_arg, help="prune down to SIZE (e.g. 5G)")
+    p.add_argument("--repair", action="store_true", help="verify: remove the entries that fail")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("plugins", help="list plugins, their node types and load errors")
     p.add_argument("--json", action="store_true")
@@ -258,8 +270,37 @@ def _cmd_errors(args: argparse.Namespace, engine: Engine) -> int:
     return EXIT_OK
 
 
+def _cmd_cache(args: argparse.Namespace, engine: Engine | None) -> int:
+    from .cache import DiskCache
+    from .memory import format_size
+
+    if not os.path.isdir(args.cache_dir):
+        raise UsageError(f"--cache-dir {args.cache_dir!r} is not a folder")
+    cache = DiskCache(args.cache_dir)
+    if args.action == "info":
+        entries = cache.entries()
+        info = {"entries": len(entries), "bytes": sum(e.nbytes for e in entries)}
+        print(json.dumps(info) if args.json else f"{info['entries']} entries, {format_size(info['bytes'])}")
+        return EXIT_OK
+    if args.action == "verify":
+        bad = cache.verify(remove=args.repair)
+        if args.json:
+            print(json.dumps({"bad": [e.key for e in bad], "removed": bool(args.repair)}))
+        else:
+            for entry in bad:
+                print(f"bad: {entry.key}{' (removed)' if args.repair else ''}")
+            print(f"{len(cache.entries())} entries checked; {len(bad)} bad")
+        return EXIT_OK if not bad or args.repair else EXIT_FAILED
+    removed = cache.prune(args.max_size or 0)
+    freed = sum(e.nbytes for e in removed)
+    print(json.dumps({"removed": len(removed), "bytes": freed}) if args.json
+          else f"removed {len(removed)} entries ({format_size(freed)})")
+    return EXIT_OK
+
+
 COMMANDS = {
     "batch": cmd_batch,
+    "cache": _cmd_cache,
     "errors": _cmd_errors,
     "run": _cmd_run,
     "validate": _cmd_validate,
@@ -276,6 +317,8 @@ def _check_usage(args: argparse.Namespace) -> None:
     cache_dir = getattr(args, "cache_dir", None)
     if cache_dir is not None and os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
         raise UsageError(f"--cache-dir {cache_dir!r} is a file, not a folder")
+    if getattr(args, "cache_size", None) == "auto":
+        raise UsageError("--cache-size wants a size such as 20G")
     for option in ("record", "events_file"):
         target = getattr(args, option, None)
         if target is not None and not os.path.isdir(os.path.dirname(os.path.abspath(target))):
@@ -287,7 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_usage(args)
-        engine = Engine(args.plugin, cache_dir=getattr(args, "cache_dir", None))
+        if args.command == "cache":
+            return _cmd_cache(args, None)
+        engine = Engine(args.plugin, cache_dir=getattr(args, "cache_dir", None),
+                        cache_size=getattr(args, "cache_size", None))
         if args.command != "plugins":
             for info in engine.plugins:
                 if info.error:

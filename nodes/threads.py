@@ -37,8 +37,12 @@ def _time_workload(threads: int, repeats: int = 5) -> float:
 
 
 def configure_threads() -> int:
-    """Set torch's intra-op thread count (once per process) and return it."""
+    """Set torch's intra-op thread count (once per process) and return it; also installs the hook that lets
+    an interrupt stop a long model call (see :mod:`reelgraph.nodes.interrupts`)."""
     global _chosen
+    from .interrupts import install_interrupt_hook
+
+    install_interrupt_hook()
     with _lock:
         if _chosen is not None:
             return _chosen

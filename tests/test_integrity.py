@@ -472,3 +472,28 @@ def test_validation_refuses_deep_params(engine: Engine) -> None:
     with pytest.raises(WorkflowInvalid) as info:
         engine.run(doc)
     assert [(p.code, p.input) for p in info.value.problems] == [("invalid_value", "v")]
+
+
+def test_cache_size_bound_and_the_cache_command(make_engine: Callable[..., Engine], tmp_path: Path) -> None:
+    """``cache_size`` keeps the disk cache under its bound, least recently used first; ``reelgraph cache`` reports,
+    verifies (finding a flipped byte) and prunes."""
+    cache = tmp_path / "cache"
+    engine = make_engine(cache_dir=cache, cache_size=30_000)
+    for i in range(8):
+        engine.run(wf({"t": {"type": "text", "inputs": {"value": f"{i}" * 10_000}}}))
+    sizes = DiskCache(cache).entries()
+    assert 0 < len(sizes) < 8 and sum(e.nbytes for e in sizes) <= 30_000
+    newest = make_engine(cache_dir=cache).run(wf({"t": {"type": "text", "inputs": {"value": "7" * 10_000}}}))
+    assert newest.cached == ["t"]
+    info = json.loads(_cli("cache", "info", "--cache-dir", str(cache), "--json", cwd=tmp_path).stdout)
+    assert info == {"entries": len(sizes), "bytes": sum(e.nbytes for e in sizes)}
+    manifest = next(cache.rglob("manifest.json"))
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    manifest.write_bytes(bytes(data))
+    verify = _cli("cache", "verify", "--cache-dir", str(cache), "--json", cwd=tmp_path)
+    assert verify.returncode == 3 and len(json.loads(verify.stdout)["bad"]) == 1
+    repair = _cli("cache", "verify", "--cache-dir", str(cache), "--repair", cwd=tmp_path)
+    assert repair.returncode == 0 and len(DiskCache(cache).entries()) == len(sizes) - 1
+    pruned = json.loads(_cli("cache", "prune", "--cache-dir", str(cache), "--json", cwd=tmp_path).stdout)
+    assert pruned["removed"] == len(sizes) - 1 and DiskCache(cache).entries() == []
