@@ -28,8 +28,10 @@ A model folder is data from a stranger, and nothing in it runs. Before any diffu
 * **Symbolic links**: every entry of the folder (at most ``MAX_FOLDER_ENTRIES``) is checked first. A link may
   lead to a file inside the folder, or, when the folder is a Hugging Face hub cache snapshot
   (``models--org--name/snapshots/<rev>``), into that repository's own ``blobs/`` folder (where the hub keeps
-  every file); a link to a folder must stay inside the model folder. Any other link is refused, naming the
-  link inside the folder and never its target, with the same message whether the target exists or not.
+  every file); a link to a folder must stay inside the model folder. Links are resolved one component at a
+  time and the walk stops at the first path outside (the folder, or for a snapshot its repository), before
+  looking at it. Any other link is refused, naming the link inside the folder and never its target, with
+  the same message whether the target (or anything on the way to it) exists or not.
   Special files (FIFOs, devices, sockets) are refused too: reading one could block forever. Hard links
   cannot be told apart from copies and are read like any file; the check is made once, before loading, so a
   folder that someone rewrites while it loads is out of its reach.

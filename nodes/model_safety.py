@@ -7,8 +7,8 @@ any library call, so a refusal happens before diffusers or transformers open a f
 * :func:`scan_folder` walks the folder (at most :data:`MAX_FOLDER_ENTRIES` entries) and refuses special
   files (FIFOs, devices, sockets: reading one can block forever) and symbolic links whose target lies
   outside the folder, or, for a Hugging Face hub cache snapshot (``models--org--name/snapshots/<rev>``),
-  outside that repository's ``blobs/`` folder. The refusal names the link inside the folder and says
-  nothing about its target (not its path, not whether it exists).
+  outside that repository's ``blobs/`` folder, or to nothing. The refusal names the link inside the folder
+  and says nothing about its target (not its path, not whether it exists).
 * :func:`read_config` reads a JSON config (size-capped) and refuses the keys that make the libraries fetch
   or run code shipped with a model (``auto_map``, ``custom_pipeline``), naming the file and the key.
 * :func:`check_class` refuses component classes outside a slot's allow-list.
@@ -73,9 +73,11 @@ class ModelTooLarge(ValueError):
 
     def __init__(self, what: str, nbytes: int, limit: int, at_least: bool = False) -> None:
         self.what, self.nbytes, self.limit = what, int(nbytes), int(limit)
-        amount = f"{'at least' if at_least else 'about'} {format_size(self.nbytes)}"
-        super().__init__(f"{what} would need {amount} of memory, more than the limit of {format_size(self.limit)}; "
-                         "use a smaller model or a smaller dtype (float16), or raise --max-memory")
+        need = ("more memory than the limit of {limit} (the count stopped there)" if at_least
+                else "about {size} of memory, more than the limit of {limit}")
+        need = need.format(size=format_size(self.nbytes), limit=format_size(self.limit))
+        super().__init__(f"{what} would need {need}; use a smaller model or a smaller dtype (float16), or raise "
+                         "--max-memory")
 
 
 @dataclass(frozen=True)
@@ -109,29 +111,68 @@ def _inside(path: str, root: str) -> bool:
 
 
 def _link_error(folder: Path, relative: str, hub: bool, error: ErrorType) -> Exception:
-    """The refusal of a link that leads outside: the same words whatever the target is and whether it exists."""
+    """The refusal of a link that does not lead to something inside: the very same words whatever its target
+    is, and whether or not that target (or any path on the way to it) exists."""
     where = "the model folder or its hub cache repository's blobs/ folder" if hub else "the model folder"
-    return error(f"model folder {str(folder)!r}: {relative} is a symbolic link that leads outside {where}; "
-                 "reelgraph reads only files inside the folder. Copy the file into the folder instead of linking it")
+    return error(f"model folder {str(folder)!r}: {relative} is a symbolic link that does not lead inside {where}; "
+                 "reelgraph reads only the folder's own files. Copy the file into the folder instead of linking it")
+
+
+def _walk_link(link: str, area: str, max_hops: int = 40) -> str | None:
+    """Where the link ``link`` leads, resolved one component at a time as the system would, or None as soon as
+    the walk would visit a path outside ``area`` (other than an ancestor of it), a missing one, or too many links.
+
+    Each path is checked *before* it is looked at, so nothing outside ``area`` is ever touched and the outcome
+    cannot tell whether something out there exists (``outside/missing/../../folder/file`` is refused whether or
+    not ``outside/missing`` exists). Ancestors of ``area`` (an absolute link walks down through them) are real
+    folders that are known to exist.
+    """
+    def allowed(path: str) -> bool:
+        return _inside(path, area) or _inside(area, path)
+
+    current = os.path.realpath(os.path.dirname(link))
+    todo: list[str] = []
+    hops = 0
+    target = os.readlink(link)
+    while True:
+        if os.path.isabs(target):
+            current = os.sep
+        todo.extend(reversed([part for part in target.split(os.sep) if part not in ("", ".")]))
+        while todo:
+            part = todo.pop()
+            step = os.path.dirname(current) if part == ".." else os.path.join(current, part)
+            if not allowed(step):
+                return None
+            try:
+                info = os.lstat(step)
+            except OSError:
+                return None
+            if stat.S_ISLNK(info.st_mode):
+                hops += 1
+                if hops > max_hops:
+                    return None
+                target = os.readlink(step)
+                break
+            current = step
+        else:
+            return current
 
 
 def _check_link(link: str, folder: Path, relative: str, blobs: Path | None,
                 error: ErrorType) -> tuple[bool, os.stat_result]:
     """Check a symbolic link inside ``folder``: ``(is_folder, stat)`` of an allowed target, else raise.
 
-    A link to a file may lead inside the folder or into the hub ``blobs/`` folder; a link to a folder only
-    inside the folder (it is not walked again: its files are checked where they really are). The target is
-    resolved completely (links in links too) without requiring it to exist, so a dangling link outside gets
-    the very same message as one to an existing file.
+    A link to a file may lead inside the folder or into the hub ``blobs/`` folder (walking through its own
+    repository to get there); a link to a folder only inside the folder (it is not walked again: its files are
+    checked where they really are). A link that leads elsewhere, to nothing, or through any path outside gets
+    one message that names the link only (see ``_walk_link``).
     """
-    real = os.path.realpath(link)
     roots = [os.path.realpath(folder)] + ([os.path.realpath(blobs)] if blobs is not None else [])
-    if not any(_inside(real, root) for root in roots):
+    area = os.path.dirname(roots[1]) if blobs is not None else roots[0]
+    real = _walk_link(link, area)
+    if real is None or not any(_inside(real, root) for root in roots):
         raise _link_error(folder, relative, blobs is not None, error)
-    try:
-        target = os.stat(real)
-    except OSError:
-        raise error(f"model folder {str(folder)!r}: {relative} is a broken symbolic link") from None
+    target = os.stat(real)
     if stat.S_ISDIR(target.st_mode):
         if not _inside(real, roots[0]):
             raise _link_error(folder, relative, blobs is not None, error)
