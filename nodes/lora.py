@@ -30,8 +30,8 @@ Formats (keys are validated, and any key that is not understood or matches no la
 A LoRA file is data from a stranger. Its ``alpha_pattern`` keys are never run as regular expressions (PEFT
 does, and a pattern such as ``(\w+\.?)+X`` takes exponential time on an ordinary module name): a key is a
 module name, or a glob in which ``*`` matches any run of characters, and it applies to a module whose name
-is the key or ends with ``.`` + the key (PEFT's suffix rule); a key equal to the whole name wins, else the
-first matching key. ``re.escape`` d names, as reelgraph writes them (``down_blocks\.0\.attn1``), are read
+is the key or ends with ``.`` + the key (PEFT's suffix rule); the first matching key in the file's order
+gives the alpha, as in PEFT. ``re.escape`` d names, as reelgraph writes them (``down_blocks\.0\.attn1``), are read
 as the names they escape. Keys may hold only module-name characters (letters, digits, ``_``, ``.``) and
 ``*``, at most ``MAX_PATTERN_LENGTH`` of them; every alpha must be a finite number. Anything else is a
 ``LoraValueError`` naming the metadata key (the node reports ``invalid_value`` on ``source``), as is an
@@ -305,13 +305,11 @@ class _AlphaRules:
     default: float | None
 
     def alpha(self, module: str, rank: int) -> float:
-        """The alpha of ``module``: a key equal to its name, else the first key matching it (whole or as a suffix
-        after a ``.``), else ``lora_alpha``, else the rank."""
-        if module in self.literal:
-            return self.literal[module][1]
+        """The alpha of ``module``: that of the first key (in the file's order, as PEFT takes them) matching its
+        whole name or a suffix after a ``.``, else ``lora_alpha``, else the rank."""
         best: tuple[int, float] | None = None
         parts = module.split(".")
-        for start in range(1, len(parts)):
+        for start in range(len(parts)):
             hit = self.literal.get(".".join(parts[start:]))
             if hit is not None and (best is None or hit[0] < best[0]):
                 best = hit
