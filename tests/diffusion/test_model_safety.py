@@ -230,6 +230,27 @@ def test_remote_code_keys_are_refused_naming_file_and_key(file: str, key: str, t
     assert f"{file} has the key {key!r}" in str(info.value)
 
 
+def test_text_encoder_with_projection_is_allowed_and_encodes_its_hidden_states(tiny: tuple, tiny_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    """The other allowed text-encoder class loads, and prompts are encoded from its last hidden state (not from
+    its first output, which for this class is the pooled projection)."""
+    from transformers import CLIPTextModelWithProjection
+
+    from reelgraph.nodes.sampling import encode_prompt
+
+    folder = _copy(tiny_dir, tmp_path / "projection")
+    _edit_json(folder / "model_index.json", text_encoder=["transformers", "CLIPTextModelWithProjection"])
+    model = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder")
+    shutil.rmtree(folder / "text_encoder")
+    model.save_pretrained(folder / "text_encoder")
+    loaded = load_model(str(folder), device="cpu")[2]
+    assert type(loaded.module).__name__ == "CLIPTextModelWithProjection"
+    ours = encode_prompt(loaded, "a red circle moving left", guidance=False).prompt_embeds
+    plain = encode_prompt(tiny[2], "a red circle moving left", guidance=False).prompt_embeds
+    assert ours.shape == plain.shape == (1, 77, 32)
+    assert torch.equal(ours, plain)  # the same CLIP text weights, so the same hidden states
+
+
 def test_controlnet_and_clip_configs_with_remote_code_are_refused(tmp_path: Path) -> None:
     """The ControlNet (folder and single file) and CLIP loaders refuse ``auto_map`` the same way."""
     cn = _copy(ensure_tiny_controlnet(), tmp_path / "cn")
