@@ -32,10 +32,10 @@ for _name in ("diffusers", "transformers", "safetensors"):
 
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from reelgraph.nodes.clip_models import ClipLoadError, clear_clip_cache, ensure_tiny_clip, load_clip  # noqa: E402
-from reelgraph.nodes.controlnet import ControlNetLoadError, clear_controlnet_cache, load_controlnet  # noqa: E402
+from reelgraph.nodes.clip_models import ClipLoadError, ensure_tiny_clip, load_clip  # noqa: E402
+from reelgraph.nodes.controlnet import ControlNetLoadError, load_controlnet  # noqa: E402
 from reelgraph.nodes.lora import LoraAdapter, LoraWeights, merge_lora, read_lora, resolve_lora  # noqa: E402
-from reelgraph.nodes.model_loading import ModelLoadError, clear_model_cache, load_model  # noqa: E402
+from reelgraph.nodes.model_loading import ModelLoadError, load_model  # noqa: E402
 from reelgraph.nodes.tiny_models import ensure_tiny_controlnet  # noqa: E402
 from reelgraph.nodes.values import Scheduler  # noqa: E402
 
@@ -295,8 +295,7 @@ def test_inflated_configs_are_too_large_before_anything_is_built(tiny_dir: Path,
         assert "than the limit of 8.0 MiB" in err.message
         assert set(devices) <= {"meta"}, f"{folder.name}: real parameters were allocated"
 
-    clear_model_cache()
-    plain = _copy(tiny_dir, tmp_path / "plain")
+    plain = _copy(tiny_dir, tmp_path / "plain")  # a new folder: not in the loader's cache
     start = time.perf_counter()
     load_model(str(plain), device="cpu", max_bytes=LIMIT)
     tiny_seconds = time.perf_counter() - start
@@ -325,8 +324,6 @@ def test_inflated_controlnet_and_clip_are_too_large(tmp_path: Path, make_engine:
             err = _run_node(engine, node, tmp_path, LIMIT)
         assert (err.code, err.input) == ("too_large", "source"), err.message
         assert set(devices) <= {"meta"}
-    clear_controlnet_cache()
-    clear_clip_cache()
 
 
 # --------------------------------------------------------------------------------------------- symlinks
