@@ -195,16 +195,19 @@ def scan_folder(folder: Path, error: ErrorType, max_entries: int = MAX_FOLDER_EN
     seen = 0
     while pending:
         directory, prefix = pending.pop()
+        entries: list[os.DirEntry[str]] = []
         try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            with os.scandir(directory) as listing:
+                for entry in listing:  # counted while listing: a folder of millions stops at the cap
+                    seen += 1
+                    if seen > max_entries:
+                        raise error(f"model folder {str(folder)!r} holds more than {max_entries} files and folders; "
+                                    "a model folder holds a few dozen. Point source at the model's own folder")
+                    entries.append(entry)
         except OSError as exc:
             where = prefix.rstrip("/") or "."
             raise error(f"model folder {str(folder)!r}: cannot list {where} ({exc.strerror})") from None
-        for entry in entries:
-            seen += 1
-            if seen > max_entries:
-                raise error(f"model folder {str(folder)!r} holds more than {max_entries} files and folders; a model "
-                            "folder holds a few dozen. Point source at the model's own folder")
+        for entry in sorted(entries, key=lambda e: e.name):
             relative = prefix + entry.name
             if entry.is_symlink():
                 is_dir, target = _check_link(entry.path, folder, relative, blobs, error)
