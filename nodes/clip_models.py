@@ -11,6 +11,12 @@ side with bicubic interpolation, centre crop, normalise with the model's mean an
 round-trip through 8-bit PIL images and no torchvision is needed. Without a resize the pixel values equal
 ``CLIPImageProcessor``'s; with one they differ by about 1/255 on average (PIL resizes 8-bit images with a
 slightly different bicubic kernel).
+
+A CLIP folder is data, checked like a text-to-video model folder before transformers reads it
+(``model_safety``; see ``model_loading``'s docstring): its entries (links, special files), configs without
+``auto_map`` / ``custom_pipeline``, ``CLIPModel`` and a CLIP tokenizer instantiated directly (never
+``AutoTokenizer``) with ``trust_remote_code=False`` and ``local_files_only=True``, and, with a memory limit,
+the size its config describes (built on the ``meta`` device) before any real module is built.
 """
 
 from __future__ import annotations
@@ -21,6 +27,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .model_safety import (
+    FolderFile,
+    ModelTooLarge,
+    check_budget,
+    check_class,
+    config_files,
+    module_bytes,
+    read_config,
+    scan_folder,
+    weight_file_bytes,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -235,6 +253,9 @@ def ensure_tiny_clip() -> Path:
 # ----------------------------------------------------------------------------------------------- loading
 
 
+_TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast")
+
+
 def _resolve_folder(source: str) -> Path:
     """Map a source id to a CLIP folder; refuse files and unknown builtins."""
     if source.startswith("builtin:"):
@@ -247,21 +268,37 @@ def _resolve_folder(source: str) -> Path:
                             "tokenizer and preprocessor files)")
     if not path.is_dir():
         raise ClipLoadError(f"CLIP folder {source!r} does not exist")
-    if not (path / "config.json").is_file():
-        raise ClipLoadError(f"{source!r} is not a transformers model folder: config.json is missing")
-    if not any(path.glob("*.safetensors")):
-        pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    return path.resolve()
+
+
+def _check_folder(folder: Path) -> tuple[list[FolderFile], str]:
+    """Check a CLIP folder before transformers reads it: its entries, its configs (no remote code, the
+    ``CLIPModel`` architecture, a CLIP tokenizer) and its safetensors weights. Returns its files and the
+    tokenizer class to instantiate."""
+    files = scan_folder(folder, ClipLoadError)
+    if not (folder / "config.json").is_file():
+        raise ClipLoadError(f"{str(folder)!r} is not a transformers model folder: config.json is missing")
+    configs = {relative: read_config(folder / relative, folder, ClipLoadError) for relative in config_files(files)}
+    where = f"CLIP folder {str(folder)!r}: config.json"
+    model = configs["config.json"]
+    for name in model.get("architectures") or ["CLIPModel"]:
+        check_class(where, "architectures", name, ("CLIPModel",), ClipLoadError)
+    check_class(where, "model_type", model.get("model_type", "clip"), ("clip",), ClipLoadError)
+    tokenizer = configs.get("tokenizer_config.json", {})
+    tokenizer_class = check_class(f"CLIP folder {str(folder)!r}: tokenizer_config.json", "tokenizer_class",
+                                  tokenizer.get("tokenizer_class", "CLIPTokenizer"), _TOKENIZERS, ClipLoadError)
+    if not any(f.relative.endswith(".safetensors") and "/" not in f.relative for f in files):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         hint = ""
         if pickles:
             hint = (f" It has only pickle weights ({', '.join(pickles)}); convert them once with "
                     "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors').")
-        raise ClipLoadError(f"{source!r} has no *.safetensors weights.{hint}")
-    return path.resolve()
+        raise ClipLoadError(f"{str(folder)!r} has no *.safetensors weights.{hint}")
+    return files, tokenizer_class
 
 
 def _files_fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
-    return tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-                 for p in sorted(folder.rglob("*")) if p.is_file())
+    return tuple((f.relative, f.size, f.mtime_ns) for f in scan_folder(folder, ClipLoadError))
 
 
 def clip_source_fingerprint(source: str) -> list[Any]:
@@ -271,18 +308,47 @@ def clip_source_fingerprint(source: str) -> list[Any]:
     path = Path(source).expanduser()
     if not path.is_dir():
         return [source, None]
-    return [str(path.resolve()), [list(e) for e in _files_fingerprint(path)]]
+    try:
+        return [str(path.resolve()), [list(e) for e in _files_fingerprint(path.resolve())]]
+    except ClipLoadError:  # load_clip says why
+        return [str(path.resolve()), None]
 
 
-def _load_folder(folder: Path, source: str, device: str) -> ClipModel:
+def _check_size(folder: Path, files: list[FolderFile], limit: int | None) -> None:
+    """Refuse (``ModelTooLarge``) a CLIP whose config (built on the meta device, float32) or weight file
+    exceeds ``limit``, before any real module is built."""
+    if limit is None:
+        return
+    import torch
+    import transformers
+
+    def estimate(remaining: int | None) -> tuple[int, bool]:
+        config = transformers.CLIPConfig.from_pretrained(folder, local_files_only=True)
+        nbytes, complete = module_bytes(lambda: transformers.CLIPModel(config), torch.float32, remaining)
+        on_disk = weight_file_bytes(files, "", ("model.safetensors",))
+        return max(nbytes, on_disk), complete or on_disk > nbytes
+
+    try:
+        check_budget([("weights", estimate)], limit, f"the CLIP model {str(folder)!r}")
+    except ModelTooLarge:
+        raise
+    except Exception as exc:
+        raise ClipLoadError(f"the config of {folder} does not describe a CLIP model that can be built: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def _load_folder(folder: Path, source: str, device: str, tokenizer_class: str) -> ClipModel:
+    """Load a checked CLIP folder: ``CLIPModel`` and the (allowed) tokenizer class, instantiated directly."""
     import transformers
 
     from .model_loading import quiet_hf_libraries
 
     quiet_hf_libraries()
     try:
-        model = transformers.CLIPModel.from_pretrained(folder, use_safetensors=True)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        model = transformers.CLIPModel.from_pretrained(folder, use_safetensors=True, local_files_only=True,
+                                                       trust_remote_code=False)
+        tokenizer = getattr(transformers, tokenizer_class).from_pretrained(folder, local_files_only=True,
+                                                                           trust_remote_code=False)
     except Exception as exc:
         raise ClipLoadError(f"could not load CLIP from {folder}: {type(exc).__name__}: {exc}") from exc
     max_positions = int(model.config.text_config.max_position_embeddings)
@@ -300,23 +366,27 @@ def _load_folder(folder: Path, source: str, device: str) -> ClipModel:
     return ClipModel(model=model, tokenizer=tokenizer, preprocess=preprocess, source=source)
 
 
-def load_clip(source: str, device: str = "auto") -> ClipModel:
+def load_clip(source: str, device: str = "auto", max_bytes: int | None = None) -> ClipModel:
     """Load ``source`` (a CLIPModel folder or ``builtin:tiny``) once per process and device.
 
     An unchanged source returns the very same handle; a folder whose files change is loaded again.
-    Raises ``ClipLoadError`` for missing, malformed or pickle-only folders and unknown builtins.
+    Raises ``ClipLoadError`` for missing, malformed, unsafe (see the module docstring) or pickle-only folders
+    and unknown builtins, and ``ModelTooLarge`` when its config describes more than ``max_bytes`` (the run's
+    memory limit; None: no limit).
     """
     from .model_loading import resolve_device
 
     if not isinstance(source, str) or not source:
         raise ClipLoadError(f"CLIP source must be a non-empty string, got {source!r}")
     folder = _resolve_folder(source)
+    files, tokenizer_class = _check_folder(folder)
     resolved = resolve_device(device)
-    key = (source, str(folder), resolved, _files_fingerprint(folder))
+    key = (source, str(folder), resolved, tuple((f.relative, f.size, f.mtime_ns) for f in files))
     with _cache_lock:
         cached = _cache.get(key)
         if cached is None:
-            cached = _load_folder(folder, source, resolved)
+            _check_size(folder, files, max_bytes)
+            cached = _load_folder(folder, source, resolved, tokenizer_class)
             for old in [k for k in _cache if k[:3] == key[:3]]:
                 del _cache[old]
             _cache[key] = cached

@@ -14,16 +14,32 @@ and single-channel frames are repeated to the ControlNet's channels.
 
 Loaded ControlNets are cached per process like the text-to-video models (same source, device, dtype and
 file sizes and mtimes: same handle), and never modified.
+
+A ControlNet source is data, checked like a model folder before diffusers reads it (``model_safety``; see
+``model_loading``'s docstring): the folder's entries (links, special files), configs without ``auto_map`` /
+``custom_pipeline``, the class ``ControlNetModel`` only, ``local_files_only=True``, and, with a memory limit,
+the size its config describes (built on the ``meta`` device) before any real module is built. The config
+beside a single ``.safetensors`` file follows the same link rule as a folder's files.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .model_safety import (
+    FolderFile,
+    ModelTooLarge,
+    check_budget,
+    check_file,
+    config_files,
+    module_bytes,
+    read_config,
+    scan_folder,
+    weight_file_bytes,
+)
 from .values import Conditioning, Control, ControlNet, UNet3D
 
 if TYPE_CHECKING:
@@ -81,9 +97,13 @@ def _files_fingerprint(path: Path) -> tuple[tuple[str, int, int], ...]:
     change detector."""
     if path.is_file():
         files = [path, *(c for c in _config_candidates(path) if c.is_file())]
-    else:
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+        return tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return tuple((str(path / f.relative), f.size, f.mtime_ns) for f in _scan(path))
+
+
+def _scan(folder: Path) -> list[FolderFile]:
+    """Check every entry of a ControlNet folder (links, special files, count) and list its files."""
+    return scan_folder(folder, ControlNetLoadError)
 
 
 def controlnet_fingerprint(source: str) -> list[Any]:
@@ -95,17 +115,15 @@ def controlnet_fingerprint(source: str) -> list[Any]:
     path = Path(source).expanduser()
     if not path.exists():
         return [source, None]
-    return [str(path.resolve()), [list(e) for e in _files_fingerprint(path.resolve())]]
+    try:
+        return [str(path.resolve()), [list(e) for e in _files_fingerprint(path.resolve())]]
+    except ControlNetLoadError:  # load_controlnet says why
+        return [str(path.resolve()), None]
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    """Read a ``ControlNetModel`` config JSON, refusing other model classes."""
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ControlNetLoadError(f"{path} is not a readable JSON config: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ControlNetLoadError(f"{path} must hold a JSON object")
+    """Read a ``ControlNetModel`` config JSON, refusing remote-code keys and other model classes."""
+    config = read_config(path, path.parent, ControlNetLoadError)
     cls = config.get("_class_name", "ControlNetModel")
     if cls != "ControlNetModel":
         raise ControlNetLoadError(f"{path} describes a {cls}; only ControlNetModel (SD-style 2D ControlNets) is "
@@ -113,14 +131,34 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
-def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
-    """Load a diffusers ControlNet folder from safetensors (pickle-only folders are refused)."""
+def _check_size(build: Any, files_bytes: int, dtype: torch.dtype, limit: int | None, where: Path) -> None:
+    """Refuse (``ModelTooLarge``) a ControlNet whose config (built on the meta device) or weight files exceed
+    ``limit``, before any real module is built; a config that cannot be built is a ``ControlNetLoadError``."""
+    def estimate(remaining: int | None) -> tuple[int, bool]:
+        nbytes, complete = module_bytes(build, dtype, remaining)
+        return max(nbytes, files_bytes), complete or files_bytes > nbytes
+
+    try:
+        check_budget([("weights", estimate)], limit, f"the ControlNet {str(where)!r}")
+    except ModelTooLarge:
+        raise
+    except Exception as exc:
+        raise ControlNetLoadError(f"the config of {where} does not describe a ControlNet that can be built: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, max_bytes: int | None = None) -> Any:
+    """Load a diffusers ControlNet folder from safetensors (pickle-only folders are refused), after checking
+    its entries and configs and, with ``max_bytes``, the size its config describes."""
     from diffusers import ControlNetModel
 
+    entries = _scan(folder)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ControlNetLoadError(f"{folder} is not a diffusers ControlNet folder: config.json is missing")
-    _read_config(config_path)
+    for relative in config_files(entries):
+        read_config(folder / relative, folder, ControlNetLoadError)
+    config = _read_config(config_path)
     files = [p.name for p in folder.iterdir() if p.is_file()]
     if not any(name.endswith(".safetensors") for name in files):
         pickles = sorted(n for n in files if n.endswith(_PICKLE_SUFFIXES))
@@ -131,13 +169,15 @@ def _load_folder(folder: Path, dtype: torch.dtype) -> Any:
                 "weights_only=True), 'diffusion_pytorch_model.safetensors')."
             )
         raise ControlNetLoadError(f"{folder} has no weight file (*.safetensors)")
+    on_disk = weight_file_bytes(entries, "", ("diffusion_pytorch_model.safetensors",))
+    _check_size(lambda: ControlNetModel.from_config(config), on_disk, dtype, max_bytes, folder)
     try:
-        return ControlNetModel.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype)
+        return ControlNetModel.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype, local_files_only=True)
     except Exception as exc:
         raise ControlNetLoadError(f"could not load the ControlNet in {folder}: {type(exc).__name__}: {exc}") from exc
 
 
-def _load_single_file(path: Path, dtype: torch.dtype) -> Any:
+def _load_single_file(path: Path, dtype: torch.dtype, max_bytes: int | None = None) -> Any:
     """Load a single-file ControlNet in diffusers key layout, with its config beside it.
 
     Weight files carry no architecture, so the config comes from ``<stem>.json`` or ``config.json`` next to
@@ -152,7 +192,10 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> Any:
     if config_path is None:
         raise ControlNetLoadError(f"the single-file ControlNet {path} needs its diffusers config beside it, as "
                                   f"{candidates[0].name} or config.json")
+    check_file(config_path, ControlNetLoadError)
     config = _read_config(config_path)
+    kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
+    _check_size(lambda: ControlNetModel.from_config(kwargs), path.stat().st_size, dtype, max_bytes, path)
     try:
         state = load_state_dict(path)
     except WeightsError as exc:
@@ -162,7 +205,7 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> Any:
             f"{path} is in the original (LDM) ControlNet layout; convert it once to a diffusers folder (e.g. "
             "diffusers' ControlNetModel.from_single_file(...).save_pretrained(folder)) and load the folder"
         )
-    model = ControlNetModel.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+    model = ControlNetModel.from_config(kwargs)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -170,11 +213,14 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> Any:
     return model.to(dtype)
 
 
-def load_controlnet(source: str, device: str = "auto", dtype: str = "float32") -> ControlNet:
+def load_controlnet(source: str, device: str = "auto", dtype: str = "float32",
+                    max_bytes: int | None = None) -> ControlNet:
     """Load a ``ControlNetModel`` from a diffusers folder, a single ``.safetensors`` file (config beside it) or
     ``builtin:tiny`` onto ``device`` in ``dtype``; cached per process (treat the module as read-only).
 
-    Raises ``ControlNetLoadError`` for a missing or malformed source, pickle-only weights or another class.
+    Raises ``ControlNetLoadError`` for a missing, malformed or unsafe source (see the module docstring),
+    pickle-only weights or another class, and ``ModelTooLarge`` when its config describes more than
+    ``max_bytes`` (the run's memory limit; None: no limit).
     """
     from .model_loading import quiet_hf_libraries, resolve_device, resolve_dtype
 
@@ -193,7 +239,10 @@ def load_controlnet(source: str, device: str = "auto", dtype: str = "float32") -
         if cached is not None:
             return cached
         quiet_hf_libraries()
-        module = _load_single_file(path, torch_dtype) if path.is_file() else _load_folder(path, torch_dtype)
+        if path.is_file():
+            module = _load_single_file(path, torch_dtype, max_bytes)
+        else:
+            module = _load_folder(path, torch_dtype, max_bytes)
         module.to(resolved_device)
         module.eval()
         module.requires_grad_(False)

@@ -14,6 +14,7 @@ from reelgraph import NodeInputError, RunContext, node, path_input
 
 from .controlnet import ControlNetLoadError, controlnet_fingerprint
 from .controlnet import load_controlnet as _load_controlnet
+from .model_safety import ModelTooLarge
 from .values import Conditioning, Control, ControlNet, Video
 
 ControlNetSource = path_input("builtin:")
@@ -26,6 +27,7 @@ def _fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
 
 @node("load_controlnet", category="models", output="controlnet", fingerprint=_fingerprint)
 def load_controlnet(
+    ctx: RunContext,
     source: ControlNetSource = "builtin:tiny",
     device: Literal["auto", "cpu", "cuda"] = "auto",
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
@@ -34,6 +36,8 @@ def load_controlnet(
 
     Its blocks must line up with the UNet3D it is used with (for ModelScope-style models, an SD 2.x
     ControlNet); ``unet3d_denoise`` checks this, block by block, before it runs. Loaded once per process.
+    Checked like a model folder (no custom code, no links out of the folder, ``ControlNetModel`` only), and
+    refused with ``too_large`` when its config exceeds the memory limit, before it is allocated.
 
     Args:
         source: a diffusers ControlNet folder (``config.json`` + safetensors), a single ``.safetensors`` file
@@ -43,7 +47,9 @@ def load_controlnet(
         dtype: the weights' precision; ``float32`` on CPU.
     """
     try:
-        return _load_controlnet(str(source), device=device, dtype=dtype)
+        return _load_controlnet(str(source), device=device, dtype=dtype, max_bytes=ctx.max_memory)
+    except ModelTooLarge as exc:
+        raise NodeInputError(str(exc), input="source", code="too_large") from exc
     except ControlNetLoadError as exc:
         raise NodeInputError(str(exc), input="source", code="model_load_failed") from exc
 

@@ -1,4 +1,4 @@
-"""LoRA for the UNet3D and the CLIP text encoder: read a LoRA file, map its keys onto the model, and build a
+r"""LoRA for the UNet3D and the CLIP text encoder: read a LoRA file, map its keys onto the model, and build a
 patched copy of the model with the adapted weights merged in.
 
 Why not diffusers or PEFT at run time: ``load_lora_weights`` does not work on ``UNet3DConditionModel`` (it
@@ -26,13 +26,25 @@ Formats (keys are validated, and any key that is not understood or matches no la
   replaced by underscores, so temporal attention (``temp_attentions``), temporal convolutions and
   ``transformer_in`` map like any other layer. Text-encoder names may carry CLIP's ``text_model.`` prefix,
   which transformers 5 no longer has.
+
+A LoRA file is data from a stranger. Its ``alpha_pattern`` keys are never run as regular expressions (PEFT
+does, and a pattern such as ``(\w+\.?)+X`` takes exponential time on an ordinary module name): a key is a
+module name, or a glob in which ``*`` matches any run of characters, and it applies to a module whose name
+is the key or ends with ``.`` + the key (PEFT's suffix rule); the first matching key in the file's order
+gives the alpha, as in PEFT. ``re.escape`` d names, as reelgraph writes them (``down_blocks\.0\.attn1``), are read
+as the names they escape. Keys may hold only module-name characters (letters, digits, ``_``, ``.``) and
+``*``, at most ``MAX_PATTERN_LENGTH`` of them; every alpha must be a finite number. Anything else is a
+``LoraValueError`` naming the metadata key (the node reports ``invalid_value`` on ``source``), as is an
+``alpha`` tensor that is empty, NaN or infinite.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import re
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +58,7 @@ __all__ = [
     "LoraAdapter",
     "LoraError",
     "LoraFile",
+    "LoraValueError",
     "LoraWeights",
     "lora_deltas",
     "merge_lora",
@@ -58,6 +71,12 @@ __all__ = [
 #: The model parts a LoRA file can adapt, in the order they are reported.
 COMPONENTS = ("unet", "text_encoder")
 _MAX_LISTED = 40
+#: Longest ``alpha_pattern`` key (module names are well under 200 characters).
+MAX_PATTERN_LENGTH = 256
+_MAX_PATTERNS = 100_000
+_MAX_GLOB_PATTERNS = 1_000
+_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "_.")
+_METADATA = "lora_adapter_metadata"
 
 # Suffixes of diffusers/PEFT keys: (regex on the part after the module name, role, module-name rewrite).
 _DIFFUSERS_SUFFIXES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -74,6 +93,15 @@ _KOHYA_ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "al
 
 class LoraError(ValueError):
     """A LoRA file cannot be applied: unreadable, unsupported keys, or keys that match no layer of the model."""
+
+
+class LoraValueError(LoraError):
+    """A value in a LoRA file is unusable: metadata of the wrong type, a regex or over-long ``alpha_pattern``
+    key, a NaN or infinite alpha. ``key`` names it (a metadata key or a tensor key)."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass(frozen=True, eq=False)
@@ -216,14 +244,119 @@ def _listing(items: Iterable[str]) -> str:
     return shown + (f", … and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
-def _pattern_alpha(meta: dict[str, Any], component: str, module: str, rank: int) -> float:
-    """Alpha from diffusers' ``lora_adapter_metadata``: PEFT's ``alpha_pattern``, then ``lora_alpha``, else rank."""
-    patterns = meta.get(f"{component}.alpha_pattern") or {}
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return float(value)
-    alpha = meta.get(f"{component}.lora_alpha")
-    return float(alpha) if alpha is not None else float(rank)
+def _finite(value: Any, where: str) -> float:
+    """``value`` as a float if it is a finite JSON number (not a bool), else a ``LoraValueError`` at ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise LoraValueError(f"{where}: the alpha must be a finite number, got {value!r}", where)
+    return float(value)
+
+
+def _pattern_text(key: Any, where: str) -> str:
+    """An ``alpha_pattern`` key as a module name or ``*`` glob: ``\\.`` and ``\\_`` (``re.escape`` of a name)
+    become the character; anything else that is not a module-name character or ``*`` is refused."""
+    if not isinstance(key, str) or not key:
+        raise LoraValueError(f"{where}: keys must be non-empty module names, got {key!r}", where)
+    if len(key) > MAX_PATTERN_LENGTH:
+        raise LoraValueError(f"{where}: a key is {len(key)} characters long, more than {MAX_PATTERN_LENGTH} "
+                             f"(it starts {key[:40]!r})", where)
+    out: list[str] = []
+    chars = iter(key)
+    for char in chars:
+        if char == "\\":
+            char = next(chars, "")
+            if char not in (".", "_"):
+                raise LoraValueError(f"{where}: the key {key!r} is a regular expression; alpha_pattern keys are "
+                                     "module names or globs with '*' (regular expressions are not run)", where)
+            out.append(char)
+        elif char in _NAME_CHARS or char == "*":
+            out.append(char)
+        else:
+            raise LoraValueError(f"{where}: the key {key!r} has the character {char!r}; alpha_pattern keys are "
+                                 "module names or globs with '*' (regular expressions are not run)", where)
+    return "".join(out)
+
+
+def _glob_fullmatch(pattern: str, text: str) -> bool:
+    """Whether ``text`` matches ``pattern`` whole, ``*`` matching any run of characters.
+
+    Each fixed piece between stars is placed at its leftmost occurrence (always right for ``*``-only globs),
+    so the cost is linear in ``len(text) * len(pattern)`` at worst and there is no backtracking to blow up.
+    """
+    head, *middle, tail = pattern.split("*") if "*" in pattern else (pattern, None)
+    if tail is None:
+        return text == pattern
+    if not text.startswith(head):
+        return False
+    pos = len(head)
+    for piece in middle:
+        found = text.find(piece, pos)
+        if found < 0:
+            return False
+        pos = found + len(piece)
+    return len(text) - pos >= len(tail) and text.endswith(tail)
+
+
+@dataclass(frozen=True)
+class _AlphaRules:
+    """One component's alphas from ``lora_adapter_metadata``: its pattern keys (in file order) and the default."""
+
+    literal: dict[str, tuple[int, float]]
+    globs: tuple[tuple[int, str, float], ...]
+    default: float | None
+
+    def alpha(self, module: str, rank: int) -> float:
+        """The alpha of ``module``: that of the first key (in the file's order, as PEFT takes them) matching its
+        whole name or a suffix after a ``.``, else ``lora_alpha``, else the rank."""
+        best: tuple[int, float] | None = None
+        parts = module.split(".")
+        for start in range(len(parts)):
+            hit = self.literal.get(".".join(parts[start:]))
+            if hit is not None and (best is None or hit[0] < best[0]):
+                best = hit
+        for order, pattern, value in self.globs:
+            if best is not None and order > best[0]:
+                break
+            if _glob_fullmatch(pattern, module) or _glob_fullmatch("*." + pattern, module):
+                best = (order, value)
+                break
+        if best is not None:
+            return best[1]
+        return self.default if self.default is not None else float(rank)
+
+
+def _alpha_rules(meta: dict[str, Any], component: str) -> _AlphaRules:
+    """Validate and compile one component's ``lora_alpha`` and ``alpha_pattern`` (see the module docstring)."""
+    default_key, pattern_key = f"{component}.lora_alpha", f"{component}.alpha_pattern"
+    default = meta.get(default_key)
+    default = None if default is None else _finite(default, f"{_METADATA} {default_key!r}")
+    patterns = meta.get(pattern_key) or {}
+    where = f"{_METADATA} {pattern_key!r}"
+    if not isinstance(patterns, dict):
+        raise LoraValueError(f"{where} must map module names to alphas, got {type(patterns).__name__}", where)
+    if len(patterns) > _MAX_PATTERNS:
+        raise LoraValueError(f"{where} has {len(patterns)} keys, more than {_MAX_PATTERNS}", where)
+    literal: dict[str, tuple[int, float]] = {}
+    globs: list[tuple[int, str, float]] = []
+    for order, (key, value) in enumerate(patterns.items()):
+        text = _pattern_text(key, where)
+        alpha = _finite(value, f"{where} [{key!r}]")
+        if "*" in text:
+            globs.append((order, text, alpha))
+        else:
+            literal.setdefault(text, (order, alpha))
+    if len(globs) > _MAX_GLOB_PATTERNS:
+        raise LoraValueError(f"{where} has {len(globs)} keys with '*', more than {_MAX_GLOB_PATTERNS}", where)
+    return _AlphaRules(literal, tuple(globs), default)
+
+
+def _tensor_alpha(tensor: Any, key: str) -> float:
+    """The alpha an ``alpha`` tensor holds (its first element); empty, NaN or infinite is a ``LoraValueError``."""
+    if tensor.numel() < 1:
+        raise LoraValueError(f"the tensor {key!r} is empty; an alpha tensor holds one number", key)
+    value = float(tensor.reshape(-1)[0].item())
+    if not math.isfinite(value):
+        raise LoraValueError(f"the tensor {key!r}: the alpha must be a finite number, got {value}", key)
+    return value
 
 
 def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> LoraFile:
@@ -231,10 +364,14 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None =
 
     ``metadata`` is diffusers' parsed ``lora_adapter_metadata`` (alphas of PEFT-format files), if any.
     Raises ``LoraError`` listing every key that is not a LoRA down/up/alpha of a supported format, and every
-    layer that lacks its down or up matrix.
+    layer that lacks its down or up matrix; ``LoraValueError`` for bad metadata or a non-finite alpha.
     """
+    if metadata is not None and not isinstance(metadata, dict):
+        raise LoraValueError(f"{_METADATA} must be a JSON object, got {type(metadata).__name__}", _METADATA)
     meta = metadata or {}
+    rules = {component: _alpha_rules(meta, component) for component in COMPONENTS}
     parts: dict[tuple[str, str], dict[str, Any]] = {}
+    alpha_keys: dict[tuple[str, str], str] = {}
     unknown: list[str] = []
     kohya = any(_KOHYA.match(k) for k in state)
     for key, tensor in state.items():
@@ -245,6 +382,8 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None =
                 continue
             component = "unet" if m["comp"] == "unet" else "text_encoder"
             parts.setdefault((component, m["mod"]), {})[_KOHYA_ROLES[m["role"]]] = tensor
+            if m["role"] == "alpha":
+                alpha_keys[(component, m["mod"])] = key
             continue
         name = key.removeprefix("base_model.model.")
         component = "unet"
@@ -261,6 +400,8 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None =
             m = pattern.match(name)
             if m is not None:
                 parts.setdefault((component, m["mod"]), {})[role] = tensor
+                if role == "alpha":
+                    alpha_keys[(component, m["mod"])] = key
                 break
         else:
             unknown.append(key)
@@ -276,9 +417,9 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None =
         down, up = roles["down"], roles["up"]
         rank = int(down.shape[0])
         if "alpha" in roles:
-            alpha = float(roles["alpha"].reshape(-1)[0].item())
+            alpha = _tensor_alpha(roles["alpha"], alpha_keys[(component, module)])
         else:
-            alpha = _pattern_alpha(meta, component, module, rank)
+            alpha = rules[component].alpha(module, rank)
         out.layers[component][module] = LoraWeights(down=down, up=up, alpha=alpha)
     if incomplete:
         raise LoraError(f"{len(incomplete)} layer(s) lack their down or up matrix: {_listing(incomplete)}")
@@ -295,10 +436,19 @@ def _read_metadata(path: Path) -> dict[str, Any]:
 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
-            raw = (handle.metadata() or {}).get("lora_adapter_metadata")
-        return json.loads(raw) if raw else {}
+            raw = (handle.metadata() or {}).get(_METADATA)
     except (OSError, ValueError) as exc:
         raise LoraError(f"{str(path)!r} has unreadable metadata: {exc}") from exc
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise LoraValueError(f"{_METADATA} of {path.name!r} is not valid JSON: {exc}", _METADATA) from None
+    if not isinstance(meta, dict):
+        raise LoraValueError(f"{_METADATA} of {path.name!r} must be a JSON object, got {type(meta).__name__}",
+                             _METADATA)
+    return meta
 
 
 def read_lora(path: str | Path) -> LoraFile:

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from reelgraph import NodeInputError, RunContext, node, path_input
 
-from .lora import LoraAdapter, LoraError, LoraFile, merge_lora, read_lora, resolve_lora
+from .lora import LoraAdapter, LoraError, LoraFile, LoraValueError, merge_lora, read_lora, resolve_lora
 from .values import TextEncoder, UNet3D
 
 LoraSource = path_input("builtin:")
@@ -57,12 +57,18 @@ def _fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
 
 
 def _read_source(source: str) -> tuple[LoraFile, str]:
-    """Read the LoRA file a ``source`` names; its parsed layers and the name recorded on the models."""
+    """Read the LoRA file a ``source`` names; its parsed layers and the name recorded on the models.
+
+    A bad value inside the file (metadata of the wrong type, a regex ``alpha_pattern`` key, a NaN alpha) is
+    ``invalid_value`` naming the key; a file that cannot be read or parsed at all is ``model_load_failed``.
+    """
     path = _resolve(source)
     if not path.is_file():
         raise NodeInputError(f"LoRA file {str(path)!r} does not exist", input="source", code="file_not_found")
     try:
         lora = read_lora(path)
+    except LoraValueError as exc:
+        raise NodeInputError(f"{path.name}: {exc}", input="source", code="invalid_value") from exc
     except LoraError as exc:
         raise NodeInputError(str(exc), input="source", code="model_load_failed") from exc
     return lora, source if source.startswith("builtin:") else path.name
@@ -84,6 +90,10 @@ def load_lora(
     later runs without the LoRA get the base results. Chain nodes to stack LoRAs. A key that matches no
     layer (a LoRA made for another architecture) is an error listing the keys. The LoRA comes from a file
     (``source``) or from a link (``lora``, e.g. ``tune_video.lora``): give exactly one of them.
+
+    A LoRA file is data: its ``alpha_pattern`` keys are module names or ``*`` globs, never run as regular
+    expressions, and a bad value in it (metadata of the wrong type, a NaN or infinite alpha, a regex or
+    over-long pattern key) is ``invalid_value`` on ``source``, naming the key.
 
     Args:
         unet: the UNet3D to adapt (``load_model.unet`` or another ``load_lora.unet``).

@@ -18,6 +18,7 @@ from . import metrics
 from .clip_models import ClipLoadError, ClipModel, clip_source_fingerprint, embed_frames, embed_text
 from .clip_models import load_clip as _load_clip
 from .metrics import FeatureExtractor, Features, Metric, PairMode
+from .model_safety import ModelTooLarge
 from .values import Video
 
 Label = Annotated[str, Field(max_length=200)]
@@ -131,8 +132,11 @@ def _clip_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
 
 
 @node("load_clip", category="models", output="clip", fingerprint=_clip_fingerprint)
-def load_clip(source: ClipSource = "builtin:tiny", device: Device = "auto") -> ClipModel:
+def load_clip(ctx: RunContext, source: ClipSource = "builtin:tiny", device: Device = "auto") -> ClipModel:
     """Load a CLIP model (image and text towers) for the CLIP metrics, once per process.
+
+    Checked like a model folder (no custom code, no links out of the folder, ``CLIPModel`` and a CLIP
+    tokenizer only), and refused with ``too_large`` when its config exceeds the memory limit.
 
     Args:
         source: a folder with a transformers ``CLIPModel`` (``config.json``, ``*.safetensors``) and its
@@ -141,7 +145,9 @@ def load_clip(source: ClipSource = "builtin:tiny", device: Device = "auto") -> C
         device: ``auto`` picks CUDA when available, else the CPU.
     """
     try:
-        return _load_clip(source, device=device)
+        return _load_clip(source, device=device, max_bytes=ctx.max_memory)
+    except ModelTooLarge as exc:
+        raise NodeInputError(str(exc), input="source", code="too_large") from exc
     except ClipLoadError as exc:
         raise NodeInputError(str(exc), input="source", code="model_load_failed") from exc
 

@@ -10,21 +10,65 @@ has no conversion for ``UNet3DConditionModel`` or the text-to-video pipelines.
 Loaded models are cached per process, keyed by the source id, the resolved folder, the device, the dtype and
 the size and mtime of every file in the folder, so the same source is loaded once and an edited folder is
 reloaded.
+
+A model folder is data from a stranger, and nothing in it runs. Before any diffusers or transformers call
+(see ``model_safety``):
+
+* **Classes come from an allow-list per slot** (:data:`ALLOWED_CLASSES`): ``model_index.json`` may only name
+  ``UNet3DConditionModel``, ``AutoencoderKL``, a CLIP text model, a CLIP tokenizer and one of the diffusers
+  noise schedulers in ``values.SCHEDULER_CLASSES``. The allowed class is instantiated directly, never through
+  an ``Auto*`` class that dispatches on the folder's content; transformers gets ``trust_remote_code=False``
+  and every loader ``local_files_only=True``.
+* **No remote code**: a config (``model_index.json``, ``config.json``, ``*_config.json``) holding ``auto_map``
+  or ``custom_pipeline`` is refused, naming the file and the key; a ``.py`` in the folder is never imported.
+* **Size before allocation**: with a memory limit (``max_bytes``, the run's ``--max-memory``), the UNet, VAE
+  and text encoder are first built from their configs on torch's ``meta`` device to count their bytes in the
+  target dtype (the weight files' sizes count too), and a model over the limit is refused
+  (:class:`~reelgraph.nodes.model_safety.ModelTooLarge`) before any real module exists.
+* **Symbolic links**: every entry of the folder (at most ``MAX_FOLDER_ENTRIES``) is checked first. A link may
+  lead to a file inside the folder, or, when the folder is a Hugging Face hub cache snapshot
+  (``models--org--name/snapshots/<rev>``), into that repository's own ``blobs/`` folder (where the hub keeps
+  every file); a link to a folder must stay inside the model folder. Links are resolved one component at a
+  time and the walk stops at the first path outside (the folder, or for a snapshot its repository), before
+  looking at it. Any other link is refused, naming the link inside the folder and never its target, with
+  the same message whether the target (or anything on the way to it) exists or not.
+  Special files (FIFOs, devices, sockets) are refused too: reading one could block forever. Hard links
+  cannot be told apart from copies and are read like any file; the check is made once, before loading, so a
+  folder that someone rewrites while it loads is out of its reach.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .values import VAE, Scheduler, TextEncoder, UNet3D
+from .model_safety import (
+    FolderFile,
+    ModelTooLarge,
+    check_budget,
+    check_class,
+    config_files,
+    module_bytes,
+    read_config,
+    scan_folder,
+    weight_file_bytes,
+)
+from .values import SCHEDULER_CLASSES, VAE, Scheduler, TextEncoder, UNet3D
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ModelLoadError", "clear_model_cache", "load_model", "resolve_device", "resolve_dtype", "source_fingerprint"]
+__all__ = [
+    "ALLOWED_CLASSES",
+    "ModelLoadError",
+    "ModelTooLarge",
+    "clear_model_cache",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+    "source_fingerprint",
+]
 
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
@@ -32,6 +76,22 @@ _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _SINGLE_FILE_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
 _DTYPES = ("float32", "float16", "bfloat16")
 _MEMORY_FORMATS = ("contiguous", "channels_last")
+
+#: What ``model_index.json`` may name in each slot: ``(library, classes)``. These are the classes the
+#: ModelScope / Zeroscope text-to-video folders (and the Stable Diffusion folders they derive from) use and
+#: that reelgraph's nodes know how to drive; ``AutoencoderKL`` is the only VAE those layouts ship.
+ALLOWED_CLASSES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "unet": ("diffusers", ("UNet3DConditionModel",)),
+    "vae": ("diffusers", ("AutoencoderKL",)),
+    "text_encoder": ("transformers", ("CLIPTextModel", "CLIPTextModelWithProjection")),
+    "tokenizer": ("transformers", ("CLIPTokenizer", "CLIPTokenizerFast")),
+    "scheduler": ("diffusers", SCHEDULER_CLASSES),
+}
+#: The weight file each weighted component loads (or its shards ``<stem>-NNNNN-of-NNNNN.safetensors``).
+_WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+                 "text_encoder": "model.safetensors"}
+#: Bytes a scheduler holds per training timestep (a handful of float64 tables), for the memory estimate.
+_SCHEDULER_BYTES_PER_STEP = 64
 
 Handles = tuple[UNet3D, VAE, TextEncoder, Scheduler]
 
@@ -102,25 +162,36 @@ def _resolve_folder(source: str) -> Path:
     return path.resolve()
 
 
+def _scan(folder: Path) -> list[FolderFile]:
+    """Check every entry of the folder (links, special files, count) and list the files; see the docstring."""
+    return scan_folder(folder, ModelLoadError)
+
+
+def _check_configs(folder: Path, files: list[FolderFile]) -> None:
+    """Refuse any config in the folder that asks for remote code (``auto_map``, ``custom_pipeline``)."""
+    for relative in config_files(files):
+        read_config(folder / relative, folder, ModelLoadError)
+
+
 def _read_index(folder: Path) -> dict[str, Any]:
-    """Read and validate ``model_index.json``: every component present and the UNet a ``UNet3D``."""
+    """Read and validate ``model_index.json``: every component present, each naming an allowed class."""
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise ModelLoadError(f"{folder} is not a diffusers model folder: model_index.json is missing")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{index_path} is not valid JSON: {exc}") from exc
-    if not isinstance(index, dict):
-        raise ModelLoadError(f"{index_path} must hold a JSON object")
+    index = read_config(index_path, folder, ModelLoadError)
     missing = [c for c in _COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2]
     if missing:
         raise ModelLoadError(f"{index_path} lacks the component(s) {missing}; a text-to-video model needs all of "
                              f"{list(_COMPONENTS)}")
-    unet_class = index["unet"][1]
-    if unet_class != "UNet3DConditionModel":
-        raise ModelLoadError(f"{folder} has a {unet_class} UNet; only UNet3DConditionModel (text-to-video) models "
-                             "are supported")
+    for component in _COMPONENTS:
+        library, classes = ALLOWED_CLASSES[component]
+        name = index[component][1]
+        if component == "scheduler" and name is None:
+            continue  # the class comes from scheduler_config.json's _class_name (checked when it is read)
+        check_class(f"model folder {str(folder)!r}: model_index.json", component, name, classes, ModelLoadError)
+        if index[component][0] != library:
+            raise ModelLoadError(f"model folder {str(folder)!r}: model_index.json: the {component} slot names the "
+                                 f"library {index[component][0]!r}; {name} comes from {library!r}")
     for component in _COMPONENTS:
         if not (folder / component).is_dir():
             raise ModelLoadError(f"{folder} lacks the {component}/ folder named in model_index.json")
@@ -145,21 +216,16 @@ def _check_weights(folder: Path) -> None:
         raise ModelLoadError(f"{sub} has no weight file (*.safetensors)")
 
 
-def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+def _fingerprint(files: list[FolderFile]) -> tuple[tuple[str, int, int], ...]:
     """Size and mtime of every file under the folder: a cheap change detector for the cache key."""
-    entries = []
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            stat = path.stat()
-            entries.append((str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns))
-    return tuple(entries)
+    return tuple((f.relative, f.size, f.mtime_ns) for f in files)
 
 
 def source_fingerprint(source: str) -> list[Any]:
     """What identifies a model source's current content: the builtin's version, or every file's size and mtime.
 
     Cheap (no weights are read); the engine mixes it into ``load_model``'s cache key so that a folder
-    whose files change is loaded again.
+    whose files change is loaded again. A folder the checks refuse has no fingerprint (``load_model`` says why).
     """
     if source.startswith("builtin:"):
         from .tiny_models import WeightsMismatch, builtin_model_version
@@ -171,7 +237,57 @@ def source_fingerprint(source: str) -> list[Any]:
     path = Path(source).expanduser()
     if not path.is_dir():
         return [source, None]
-    return [str(path.resolve()), [list(e) for e in _fingerprint(path)]]
+    try:
+        files = _scan(path.resolve())
+    except ModelLoadError:
+        return [str(path.resolve()), None]
+    return [str(path.resolve()), [list(e) for e in _fingerprint(files)]]
+
+
+def _estimate_bytes(folder: Path, index: dict[str, Any], files: list[FolderFile], dtype: torch.dtype,
+                    limit: int | None, source: str) -> None:
+    """Refuse (``ModelTooLarge``) a model whose configs describe more than ``limit`` bytes, before building it.
+
+    Each network is built from its own config on the ``meta`` device (see ``model_safety.module_bytes``); a
+    component counts as the larger of that and its weight files (the loader reads the whole file). The
+    scheduler counts its per-timestep tables.
+    """
+    if limit is None:
+        return
+    import diffusers
+    import transformers
+
+    def diffusers_part(component: str) -> Any:
+        cls = getattr(diffusers, index[component][1])
+        config = cls.load_config(folder, subfolder=component, local_files_only=True)
+        return lambda: cls.from_config(config)
+
+    def text_part() -> Any:
+        cls = getattr(transformers, index["text_encoder"][1])
+        config = cls.config_class.from_pretrained(folder / "text_encoder", local_files_only=True)
+        return lambda: cls(config)
+
+    def estimate(component: str, build: Any) -> Any:
+        def run(remaining: int | None) -> tuple[int, bool]:
+            nbytes, complete = module_bytes(build, dtype, remaining)
+            on_disk = weight_file_bytes(files, f"{component}/", (_WEIGHT_FILES[component],))
+            return max(nbytes, on_disk), complete or on_disk > nbytes
+        return run
+
+    def scheduler(remaining: int | None) -> tuple[int, bool]:
+        config = read_config(folder / "scheduler" / "scheduler_config.json", folder, ModelLoadError)
+        steps = config.get("num_train_timesteps", 1000)
+        return (int(steps) if isinstance(steps, int) and steps > 0 else 0) * _SCHEDULER_BYTES_PER_STEP, True
+
+    try:
+        parts = [("unet", estimate("unet", diffusers_part("unet"))), ("vae", estimate("vae", diffusers_part("vae"))),
+                 ("text_encoder", estimate("text_encoder", text_part())), ("scheduler", scheduler)]
+        check_budget(parts, limit, f"the model {source!r}")
+    except (ModelTooLarge, ModelLoadError):
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"the configs of {folder} do not describe a model that can be built: "
+                             f"{type(exc).__name__}: {exc}") from exc
 
 
 def _load_component(component: str, folder: Path, loader: Any) -> Any:
@@ -204,28 +320,30 @@ def _load_folder(folder: Path, source: str, index: dict[str, Any], device: str, 
 
     def load_unet() -> Any:
         return diffusers.UNet3DConditionModel.from_pretrained(
-            folder, subfolder="unet", use_safetensors=True, torch_dtype=dtype
+            folder, subfolder="unet", use_safetensors=True, torch_dtype=dtype, local_files_only=True
         )
 
     def load_vae() -> Any:
-        cls = getattr(diffusers, index["vae"][1], None) or diffusers.AutoencoderKL
-        return cls.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype)
+        cls = getattr(diffusers, index["vae"][1])  # an allowed class: _read_index checked it
+        return cls.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype,
+                                   local_files_only=True)
 
     def load_text_encoder() -> Any:
-        cls = getattr(transformers, index["text_encoder"][1], None) or transformers.CLIPTextModel
-        return cls.from_pretrained(folder / "text_encoder", use_safetensors=True, dtype=dtype)
+        cls = getattr(transformers, index["text_encoder"][1])
+        return cls.from_pretrained(folder / "text_encoder", use_safetensors=True, dtype=dtype, local_files_only=True,
+                                   trust_remote_code=False)
 
     def load_tokenizer() -> Any:
-        name = index["tokenizer"][1]
-        cls = transformers.CLIPTokenizer if name.startswith("CLIPTokenizer") else transformers.AutoTokenizer
-        return cls.from_pretrained(folder / "tokenizer")
+        cls = getattr(transformers, index["tokenizer"][1])
+        return cls.from_pretrained(folder / "tokenizer", local_files_only=True, trust_remote_code=False)
 
     def load_scheduler() -> Scheduler:
-        path = folder / "scheduler" / "scheduler_config.json"
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = read_config(folder / "scheduler" / "scheduler_config.json", folder, ModelLoadError)
         class_name = index["scheduler"][1] or config.get("_class_name")
+        check_class(f"model folder {str(folder)!r}: scheduler/scheduler_config.json", "scheduler", class_name,
+                    SCHEDULER_CLASSES, ModelLoadError)
         handle = Scheduler(class_name=class_name, config=config, source=source)
-        handle.create()  # fail now, not at sampling time, if the class or the config is bad
+        handle.create()  # fail now, not at sampling time, if the config is bad
         return handle
 
     unet = _load_component("unet", folder, load_unet)
@@ -270,7 +388,7 @@ def _apply_speedups(handles: Handles, memory_format: str, compile: bool) -> None
 
 
 def load_model(source: str, device: str = "auto", dtype: str = "float32", memory_format: str = "contiguous",
-               compile: bool = False) -> Handles:
+               compile: bool = False, max_bytes: int | None = None) -> Handles:
     """Load ``source`` (a diffusers text-to-video folder or ``builtin:tiny``) as
     ``(UNet3D, VAE, TextEncoder, Scheduler)`` handles on ``device`` in ``dtype``.
 
@@ -278,25 +396,32 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
     channels-last; ``compile=True`` wraps the UNet3D's forward in ``torch.compile`` (the first call compiles).
     Both are optional speed-ups whose worth depends on the hardware: ``bench/optim_flags.py`` measures them.
 
+    The folder is checked before any library reads it (links, special files, remote-code keys, allowed classes;
+    see the module docstring). ``max_bytes`` (the run's memory limit; None: no limit) refuses a model whose
+    configs describe more bytes than that, before anything is allocated.
+
     The result is cached per process: loading the same unchanged source with the same settings returns the
-    very same handles (treat their modules as read-only). Raises ``ModelLoadError`` for a missing or
-    malformed folder, pickle-only weights, single-file checkpoints, unknown builtins and unknown settings.
+    very same handles (treat their modules as read-only). Raises ``ModelLoadError`` for a missing, malformed or
+    unsafe folder, pickle-only weights, single-file checkpoints, unknown builtins and unknown settings, and
+    ``ModelTooLarge`` for a model over ``max_bytes``.
     """
     if not isinstance(source, str) or not source:
         raise ModelLoadError(f"model source must be a non-empty string, got {source!r}")
     folder = _resolve_folder(source)
+    files = _scan(folder)
     index = _read_index(folder)
+    _check_configs(folder, files)
     _check_weights(folder)
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     if memory_format not in _MEMORY_FORMATS:
         raise ModelLoadError(f"memory_format must be one of {_MEMORY_FORMATS}, got {memory_format!r}")
-    key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile),
-           _fingerprint(folder))
+    key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile), _fingerprint(files))
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
-            return cached
+            return cached  # already in memory: nothing new is allocated
+        _estimate_bytes(folder, index, files, torch_dtype, max_bytes, source)
         handles = _load_folder(folder, source, index, resolved_device, torch_dtype)
         _apply_speedups(handles, memory_format, compile)
         # Drop stale entries for the same source/folder/settings (the files changed).

@@ -6,7 +6,7 @@ from typing import Any, Literal, NamedTuple
 
 from reelgraph import NodeInputError, RunContext, node, path_input
 
-from .model_loading import ModelLoadError, source_fingerprint
+from .model_loading import ModelLoadError, ModelTooLarge, source_fingerprint
 from .model_loading import load_model as _load_model
 from .threads import configure_threads
 from .values import VAE, Scheduler, TextEncoder, UNet3D
@@ -30,6 +30,7 @@ def _model_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
 
 @node("load_model", category="models", fingerprint=_model_fingerprint)
 def load_model(
+    ctx: RunContext,
     source: ModelSource = "builtin:tiny",
     device: Literal["auto", "cpu", "cuda"] = "auto",
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
@@ -41,6 +42,12 @@ def load_model(
     Weights load from safetensors only; a folder with only ``.bin``/``.ckpt`` weights is refused (convert
     it once; the error shows how). The same unchanged source is loaded once and shared by every run; a
     folder whose files change (size or mtime) is loaded again.
+
+    A model folder is data: nothing in it runs. Its classes must be the text-to-video ones (UNet3D,
+    AutoencoderKL, CLIP text model and tokenizer, a diffusers noise scheduler); configs asking for custom code
+    (``auto_map``, ``custom_pipeline``) and symbolic links leading out of the folder are refused
+    (``model_load_failed``), and a model whose configs exceed the memory limit is refused before it is
+    allocated (``too_large``). See docs/security.md.
 
     Args:
         source: a diffusers folder with ``model_index.json`` (relative to the workflow's folder);
@@ -57,7 +64,10 @@ def load_model(
     configure_threads()
     try:
         unet, vae, text_encoder, scheduler = _load_model(source, device=device, dtype=dtype,
-                                                             memory_format=memory_format, compile=compile)
+                                                             memory_format=memory_format, compile=compile,
+                                                             max_bytes=ctx.max_memory)
+    except ModelTooLarge as exc:
+        raise NodeInputError(str(exc), input="source", code="too_large") from exc
     except ModelLoadError as exc:
         raise NodeInputError(str(exc), input="source", code="model_load_failed") from exc
     return ModelParts(unet, vae, text_encoder, scheduler)

@@ -81,7 +81,9 @@ def encode_prompt(
     def embed(texts: list[str], length: int) -> torch.Tensor:
         inputs = tokenizer(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         mask = inputs.attention_mask.to(device) if use_mask else None
-        return model(inputs.input_ids.to(device), attention_mask=mask)[0].to(dtype=dtype, device=device)
+        output = model(inputs.input_ids.to(device), attention_mask=mask)
+        # The last hidden state, by name: CLIPTextModelWithProjection's first output is the pooled projection.
+        return output.last_hidden_state.to(dtype=dtype, device=device)
 
     untruncated = tokenizer(prompts, padding="longest").input_ids
     if max(len(ids) for ids in untruncated) > max_length:

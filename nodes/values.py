@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = [
+    "SCHEDULER_CLASSES",
     "SCHEDULER_TYPES",
     "VAE",
     "Conditioning",
@@ -34,6 +35,16 @@ __all__ = [
 
 #: Scheduler kinds that ``Scheduler.create`` understands, besides ``None`` (the model's own scheduler).
 SCHEDULER_TYPES: tuple[str, ...] = ("ddim", "dpm++", "euler")
+
+#: The diffusers scheduler classes a model folder may name (``Scheduler.create`` builds no other class): the
+#: noise schedulers of the text-to-video and Stable Diffusion families. Any other diffusers class, a model
+#: (``UNet3DConditionModel``) say, is refused, so a scheduler slot can never make reelgraph build a network.
+SCHEDULER_CLASSES: tuple[str, ...] = (
+    "DDIMScheduler", "DDIMInverseScheduler", "DDPMScheduler", "DEISMultistepScheduler",
+    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "EulerAncestralDiscreteScheduler",
+    "EulerDiscreteScheduler", "HeunDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "KDPM2DiscreteScheduler",
+    "LMSDiscreteScheduler", "PNDMScheduler", "UniPCMultistepScheduler",
+)
 
 
 def _check_ndim(name: str, tensor: Any, ndim: int, layout: str) -> None:
@@ -320,12 +331,17 @@ class Scheduler:
         """Build a fresh diffusers scheduler: the model's own class (``kind=None``) or one of
         ``"ddim"``, ``"dpm++"`` (DPM-Solver++ multistep) or ``"euler"``, always from the model's config,
         which is how diffusers users swap schedulers (``Cls.from_config(pipe.scheduler.config)``).
+
+        The model's own class must be one of ``SCHEDULER_CLASSES`` (a diffusers ``SchedulerMixin``).
         """
         import diffusers
 
         if kind is None:
+            if self.class_name not in SCHEDULER_CLASSES:
+                raise ValueError(f"scheduler class {self.class_name!r} of {self.source!r} is not one reelgraph builds; "
+                                 f"allowed: {', '.join(SCHEDULER_CLASSES)}")
             cls = getattr(diffusers, self.class_name, None)
-            if cls is None:
+            if cls is None or not issubclass(cls, diffusers.SchedulerMixin):
                 raise ValueError(f"unknown scheduler class {self.class_name!r} in {self.source!r}")
         elif kind == "ddim":
             cls = diffusers.DDIMScheduler
