@@ -21,7 +21,7 @@ from .errors import (
 from .events import Event
 from .executor import NodeRecord, RunResult
 from .hookspecs import hookimpl
-from .node import DEFAULT_OUTPUT, NodeType, node
+from .node import DEFAULT_OUTPUT, CheckContext, NodeType, node
 from .paths import InputPath, OutputPath, path_input
 from .registry import NodeRegistry
 from .workflow import Workflow
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_OUTPUT",
+    "CheckContext",
     "Engine",
     "Event",
     "InputPath",

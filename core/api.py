@@ -87,15 +87,20 @@ class Engine:
         *,
         out_dir: str | Path | None = None,
         allow_paths: Iterable[str | Path] = (),
+        trust_params: bool = True,
     ) -> tuple[Plan | None, list[Problem], Sandbox]:
-        """Parse and validate without running: the plan (None when unparseable), all problems, the sandbox."""
+        """Parse and validate without running: the plan (None when unparseable), all problems, the sandbox.
+
+        ``params`` are the caller's intent: paths in them resolve against the current folder and are allowed
+        wherever they point, unless ``trust_params=False`` (a server passing on a remote client's values), which
+        sandboxes them like the workflow's own values."""
         wf, problems, base = read_workflow(workflow)
         document = Path(workflow) if isinstance(workflow, str | Path) else None
         sandbox = Sandbox(base, Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR, allow_paths,
                           workflow_file=document)
         if wf is None:
             return None, problems, sandbox
-        plan, problems = plan_workflow(wf, self.registry, params, outputs, problems, sandbox)
+        plan, problems = plan_workflow(wf, self.registry, params, outputs, problems, sandbox, trust_params)
         return plan, problems, sandbox
 
     def validate(
@@ -106,9 +111,11 @@ class Engine:
         *,
         out_dir: str | Path | None = None,
         allow_paths: Iterable[str | Path] = (),
+        trust_params: bool = True,
     ) -> list[Problem]:
         """Every problem in the workflow (empty when valid). Loads no model and runs nothing."""
-        return self.check(workflow, params, outputs, out_dir=out_dir, allow_paths=allow_paths)[1]
+        return self.check(workflow, params, outputs, out_dir=out_dir, allow_paths=allow_paths,
+                          trust_params=trust_params)[1]
 
     def run(
         self,
@@ -121,6 +128,7 @@ class Engine:
         overwrite: bool | Path = False,
         max_memory: int | Literal["auto"] | None = "auto",
         events: Iterable[Sink] = (),
+        trust_params: bool = True,
     ) -> RunResult:
         """Validate, then run the nodes that ``outputs`` need (all terminal nodes when None).
 
@@ -132,7 +140,8 @@ class Engine:
         Raises :class:`WorkflowInvalid` (nothing ran), :class:`NodeFailed` or :class:`RunInterrupted`
         (finished results stay cached; the partial record is ``exc.result``).
         """
-        plan, problems, sandbox = self.check(workflow, params, outputs, out_dir=out_dir, allow_paths=allow_paths)
+        plan, problems, sandbox = self.check(workflow, params, outputs, out_dir=out_dir, allow_paths=allow_paths,
+                                             trust_params=trust_params)
         if problems or plan is None:
             raise WorkflowInvalid(problems)
         limit = default_limit() if max_memory == "auto" else max_memory

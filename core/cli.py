@@ -204,6 +204,11 @@ def _cmd_run(args: argparse.Namespace, engine: Engine) -> int:
 
 
 def _short(value: Any) -> str:
+    """A result value as a line shows it: floats to 4 significant digits, long values cut."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict) and all(isinstance(v, float) for v in value.values()):
+        value = {k: float(f"{v:.4g}") for k, v in value.items()}
     text = str(value)
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -245,7 +250,8 @@ def _cmd_schema(args: argparse.Namespace, engine: Engine) -> int:
 def _cmd_plugins(args: argparse.Namespace, engine: Engine) -> int:
     conflicts = engine.registry.conflicts
     if args.json:
-        data = {"plugins": [p.__dict__ for p in engine.plugins], "conflicts": conflicts}
+        data = {"plugins": [p.__dict__ for p in engine.plugins], "conflicts": conflicts,
+                "shadowing": engine.registry.shadowing}
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
         for p in engine.plugins:
@@ -255,6 +261,8 @@ def _cmd_plugins(args: argparse.Namespace, engine: Engine) -> int:
                 print("    " + ", ".join(p.node_types))
         for name, owners in conflicts.items():
             print(f"conflict: node type {name!r} registered by {' and '.join(owners)}; neither is usable")
+        for name, owners in engine.registry.shadowing.items():
+            print(f"ignored: {' and '.join(owners)} registered {name!r}, a built-in node type's name")
     return EXIT_OK if not any(p.error for p in engine.plugins) and not conflicts else EXIT_INVALID
 
 
@@ -341,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, owners in engine.registry.conflicts.items():
                 sys.stderr.write(f"warning: node type {name!r} is registered by {' and '.join(owners)}; "
                                  "neither is usable\n")
+            for name, owners in engine.registry.shadowing.items():
+                sys.stderr.write(f"warning: {' and '.join(owners)} registered {name!r}, a built-in node type's name; "
+                                 "it is ignored (rename it, e.g. 'myplugin.{name}')\n")
         return COMMANDS[args.command](args, engine)
     except UsageError as exc:
         sys.stderr.write(f"reelgraph: error: {exc}\n")

@@ -135,6 +135,18 @@ class OutputPort:
 
 
 @dataclass
+class CheckContext:
+    """What a node's static ``check`` may look at: its own id and the literal values of linked nodes."""
+
+    node_id: str
+    _linked: Callable[[str], tuple[str, dict[str, Any]] | None] = field(repr=False, default=lambda name: None)
+
+    def linked(self, input_name: str) -> tuple[str, dict[str, Any]] | None:
+        """``(node type, literal values)`` of the node that ``input_name`` is linked from, or None."""
+        return self._linked(input_name)
+
+
+@dataclass
 class NodeType:
     """A registered kind of node: name, version, ports, and the function that does the work."""
 
@@ -148,6 +160,7 @@ class NodeType:
     context_param: str | None = None
     side_effects: bool = False
     fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None
+    check: Callable[[dict[str, Any], CheckContext], Any] | None = None
     multi_output: bool = False
     plugin: str | None = field(default=None, compare=False)
     libraries: tuple[str, ...] = ()
@@ -222,6 +235,7 @@ def build_node_type(
     fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None,
     description: str | None = None,
     libraries: tuple[str, ...] = (),
+    check: Callable[[dict[str, Any], CheckContext], Any] | None = None,
 ) -> NodeType:
     """Build a :class:`NodeType` from a function, checking the whole declaration (see :func:`node`)."""
     where = f"node {name!r} ({getattr(fn, '__qualname__', fn)})"
@@ -288,6 +302,7 @@ def build_node_type(
         fingerprint=fingerprint,
         multi_output=multi,
         libraries=tuple(libraries),
+        check=check,
     )
 
 
@@ -301,6 +316,7 @@ def node(
     fingerprint: Callable[[dict[str, Any], RunContext], Any] | None = None,
     description: str | None = None,
     libraries: tuple[str, ...] = (),
+    check: Callable[[dict[str, Any], CheckContext], Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Declare a function as a node type named ``name`` (``"namespace.name"`` or a bare name).
 
@@ -317,6 +333,11 @@ def node(
         description: overrides the docstring as the node's documentation.
         libraries: distribution names (``"torch"``, ``"diffusers"``) whose installed versions are part of the
             cache key: results computed with another version are not reused.
+        check: ``fn(values, ctx: CheckContext)`` run by ``validate`` (and before a run starts) on the node's
+            literal and parameter values (paths resolved); it raises ``NodeInputError`` (or yields several) for
+            mistakes it can see without running anything: a file that does not exist, an extension that cannot
+            be written, a size the linked model cannot take. ``ctx.linked(input)`` gives the values of the node
+            a link comes from. Keep it cheap: no model is loaded.
 
     The function is returned unchanged except for a ``__reelgraph_node__`` attribute holding its
     :class:`NodeType`; register it with ``registry.add(fn)`` from a plugin hook.
@@ -333,6 +354,7 @@ def node(
             fingerprint=fingerprint,
             description=description,
             libraries=libraries,
+            check=check,
         )
         return fn
 

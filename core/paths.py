@@ -265,9 +265,49 @@ class Sandbox:
             self.protected.add(resolved)
         return str(resolved) if isinstance(value, str) else resolved
 
+    def trusting(self) -> _Trusting:
+        """A resolver for paths the user gave (``--set``, ``params=``): see :class:`_Trusting`."""
+        return _Trusting(self)
+
+    def trust(self, path: Path, kind: PathKind) -> None:
+        """Allow ``path`` (an input file or folder the user named; for an output, its folder) from now on."""
+        root = path if kind == "input" else path.parent
+        for text in (str(root),):
+            if text not in self._resolved_roots:
+                self._resolved_roots.append(text)
+                self._lexical_roots.append(text)
+                self.roots.append(root)
+
     def is_protected(self, path: Path) -> bool:
         """Whether ``path`` is the workflow file, an input of this run, or inside an input folder."""
         return any(path == p or path.is_relative_to(p) for p in self.protected)
+
+
+class _Trusting:
+    """Resolves the paths a user gave on the command line or in Python: inputs relative to the current folder,
+    outputs relative to the output folder, and both allowed wherever they point (the user's intent). The
+    resolved path (an input file or folder; an output's folder) becomes an allowed root of the run, so the
+    engine's run-time check accepts it too."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+
+    def resolve_value(self, value: Any, role: PathRole) -> Any:
+        """Like :meth:`Sandbox.resolve_value`, trusting the value."""
+        if value is None or (role.schemes and isinstance(value, str) and value.startswith(role.schemes)):
+            return value
+        text = os.fspath(value)
+        if not isinstance(text, str) or not text or "\x00" in text:
+            raise self.sandbox._refuse(value, "is not a usable path")
+        raw = Path(text).expanduser()
+        if role.kind == "input":
+            resolved = (raw if raw.is_absolute() else Path.cwd() / raw).resolve()
+            self.sandbox.protected.add(resolved)
+        else:
+            lexical = Path(os.path.normpath(raw if raw.is_absolute() else self.sandbox.out_dir / raw))
+            resolved = lexical.parent.resolve() / lexical.name
+        self.sandbox.trust(resolved, role.kind)
+        return str(resolved) if isinstance(value, str) else resolved
 
 
 def _shown(value: Any) -> str:

@@ -5,7 +5,9 @@ declaring the entry point group ``reelgraph.plugins``, then ad-hoc modules or ``
 ``REELGRAPH_PLUGINS`` (``os.pathsep``-separated) and by ``--plugin`` / ``plugins=``. A plugin that fails
 to import or register is recorded with its error and skipped; the rest keep working. When two plugins
 register one node type name, neither wins: the name is recorded as a conflict naming both, and a
-workflow using it fails validation with ``node_type_conflict``.
+workflow using it fails validation with ``node_type_conflict``. A built-in node type's name cannot be taken
+over: the plugin's node is ignored (recorded in ``NodeRegistry.shadowing`` and reported as a warning), and
+the built-in keeps working, so shared workflows mean the same everywhere.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class NodeRegistry:
     def __init__(self) -> None:
         self._types: dict[str, NodeType] = {}
         self.conflicts: dict[str, list[str]] = {}
+        #: Node type names a plugin tried to take from the built-in plugin: ``{name: [plugin, ...]}``.
+        self.shadowing: dict[str, list[str]] = {}
         self._current: PluginInfo | None = None
 
     def add(self, fn: Callable[..., Any] | NodeType) -> NodeType:
@@ -56,6 +60,10 @@ class NodeRegistry:
         nt = node_type_of(fn)
         owner = self._current.name if self._current else "<direct>"
         existing = self._types.get(nt.name)
+        if existing is not None and existing.plugin == "builtin" and owner != "builtin" and existing.fn is not nt.fn:
+            # Built-in names are the language every shared workflow speaks: a plugin cannot take one over.
+            self.shadowing.setdefault(nt.name, []).append(owner)
+            return nt
         if nt.name in self.conflicts:
             self.conflicts[nt.name].append(owner)
         elif existing is not None and existing.fn is not nt.fn:
@@ -88,6 +96,8 @@ class NodeRegistry:
     def restore(self, state: tuple[dict[str, NodeType], dict[str, list[str]]], info: PluginInfo) -> None:
         """Undo everything a failed plugin registered (its node types and the conflicts it caused)."""
         self._types, self.conflicts = dict(state[0]), {k: list(v) for k, v in state[1].items()}
+        self.shadowing = {k: [o for o in v if o != info.name] for k, v in self.shadowing.items()}
+        self.shadowing = {k: v for k, v in self.shadowing.items() if v}
         info.node_types.clear()
 
 

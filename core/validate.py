@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from .errors import Problem
+from .errors import NodeInputError, Problem
 from .graph import build_graph, find_cycles, terminal_nodes
-from .node import REQUIRED, InputPort, NodeType
+from .node import REQUIRED, CheckContext, InputPort, NodeType
 from .paths import PathNotAllowed, Sandbox, text_form
 from .registry import NodeRegistry
 from .types import is_assignable, strip_annotated, type_name
@@ -132,12 +132,15 @@ def plan_workflow(
     outputs: typing.Sequence[str] | None = None,
     problems: list[Problem] | None = None,
     sandbox: Sandbox | None = None,
+    trust_params: bool = True,
 ) -> tuple[Plan, list[Problem]]:
     """Resolve and check a parsed workflow; return the plan and every problem found (empty when valid).
 
-    With a ``sandbox``, path inputs are resolved and checked against its allowed roots.
+    With a ``sandbox``, path inputs are resolved and checked against its allowed roots; paths in the given
+    ``params`` are trusted (resolved against the current folder, allowed) unless ``trust_params`` is False.
     """
     problems = [] if problems is None else problems
+    given = set(params or {}) if trust_params else set()
     param_values = resolve_params(wf, dict(params or {}), problems)
     planned: dict[str, PlannedNode] = {}
     pending_links: dict[str, dict[str, Link]] = {}
@@ -168,7 +171,7 @@ def plan_workflow(
             elif isinstance(source, Link):
                 links[input_name] = source
             elif isinstance(source, ParamRef):
-                _plan_param(wf, pn, port, source, param_values, problems, sandbox)
+                _plan_param(wf, pn, port, source, param_values, problems, sandbox, source.name in given)
             elif isinstance(source, Constant):
                 value = _check_value(node_id, port, source.value, "literal", problems, sandbox)
                 if value is not REQUIRED:
@@ -194,11 +197,41 @@ def plan_workflow(
         path = " -> ".join([*cycle, cycle[0]])
         problems.append(Problem("cycle", f"links form a cycle: {path}", node=cycle[0], input=closing))
     targets = _resolve_targets(planned, graph, outputs, problems)
+    _run_checks(planned, problems)
     return Plan(wf, planned, graph, param_values, targets), problems
 
 
-def _plan_param(wf: Workflow, pn: PlannedNode, port: InputPort, ref: ParamRef,
-                values: dict[str, Any], problems: list[Problem], sandbox: Sandbox | None) -> None:
+def _run_checks(planned: dict[str, PlannedNode], problems: list[Problem]) -> None:
+    """Each node type's static ``check`` on its literal values: mistakes visible without running anything."""
+    failed = {p.node for p in problems if p.node is not None}
+    for node_id, pn in planned.items():
+        check = pn.type.check
+        if check is None or node_id in failed:
+            continue
+
+        def linked(name: str, pn: PlannedNode = pn) -> tuple[str, dict[str, Any]] | None:
+            link = pn.links.get(name)
+            src = planned.get(link.node) if link is not None else None
+            if src is None:
+                return None
+            values = {n: port.default for n, port in src.type.inputs.items() if not port.required}
+            return src.type.name, {**values, **src.values}
+
+        values = {n: port.default for n, port in pn.type.inputs.items() if not port.required}
+        values.update(pn.values)
+        try:
+            found = check(values, CheckContext(node_id, linked))
+            for error in list(found or ()):
+                problems.append(Problem(error.code, str(error), node=node_id, input=error.input))
+        except NodeInputError as exc:
+            problems.append(Problem(exc.code, str(exc), node=node_id, input=exc.input))
+        except Exception as exc:  # a check must never hide the workflow's other problems
+            problems.append(Problem("invalid_value", f"check of {pn.type.name} failed: {type(exc).__name__}: {exc}",
+                                    node=node_id))
+
+
+def _plan_param(wf: Workflow, pn: PlannedNode, port: InputPort, ref: ParamRef, values: dict[str, Any],
+                problems: list[Problem], sandbox: Sandbox | None, given: bool = False) -> None:
     spec = wf.params.get(ref.name)
     if spec is None:
         problems.append(Problem("unknown_param", f"parameter {ref.name!r} is not declared in params"
@@ -210,7 +243,10 @@ def _plan_param(wf: Workflow, pn: PlannedNode, port: InputPort, ref: ParamRef,
                                 f"{type_name(port.annotation)}", node=pn.id, input=port.name))
         return
     if ref.name in values:
-        value = _check_value(pn.id, port, values[ref.name], f"parameter {ref.name!r} =", problems, sandbox)
+        # A value the caller gave (--set, params=) is the user's intent: its paths resolve against the current
+        # folder and are allowed. A default written in the workflow file stays sandboxed.
+        trusted = sandbox.trusting() if given and sandbox is not None and port.paths is not None else sandbox
+        value = _check_value(pn.id, port, values[ref.name], f"parameter {ref.name!r} =", problems, trusted)
         if value is not REQUIRED:
             pn.values[port.name] = value
 

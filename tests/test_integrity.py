@@ -333,7 +333,27 @@ class ClashThenFail:
 def test_a_plugin_that_clashes_then_fails_leaves_the_builtin_usable(make_engine: Callable[..., Engine]) -> None:
     engine = make_engine(ClashThenFail())
     assert any(p.error and "broken halfway" in p.error for p in engine.plugins)
-    assert "text" not in engine.registry.conflicts
+    assert "text" not in engine.registry.conflicts and "text" not in engine.registry.shadowing
+    assert engine.run(wf({"t": {"type": "text", "inputs": {"value": "abc"}}})).outputs["t.value"] == "abc"
+
+
+class TakesText:
+    """A plugin that defines ``text``, a built-in name."""
+
+    @hookimpl
+    def reelgraph_register_nodes(self, registry: Any) -> None:
+        @node("text", category="test", output="value")
+        def loud_text(value: str) -> str:
+            """Another text node."""
+            return value.upper()
+
+        registry.add(loud_text)
+
+
+def test_a_plugin_cannot_take_over_a_builtin_name(make_engine: Callable[..., Engine]) -> None:
+    """Issue 17: a plugin that defines ``text`` used to disable the built-in ``text`` too."""
+    engine = make_engine(TakesText())
+    assert engine.registry.shadowing == {"text": ["TakesText"]} and "text" not in engine.registry.conflicts
     assert engine.run(wf({"t": {"type": "text", "inputs": {"value": "abc"}}})).outputs["t.value"] == "abc"
 
 

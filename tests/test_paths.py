@@ -86,14 +86,23 @@ def test_paths_computed_at_run_time_are_sandboxed_too(make_engine: Any, folders:
     assert not (folders["out"].parent / "x.txt").exists()
 
 
-def test_params_carrying_paths_are_checked(make_engine: Any, folders: dict[str, Path]) -> None:
+def test_params_carrying_paths_are_checked(make_engine: Any, folders: dict[str, Path],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parameter's default is the workflow's (sandboxed); a value the caller gives is the user's own intent:
+    relative to the current folder, and allowed wherever it points (issue 17's trust model)."""
     engine = make_engine()
     doc = folders["flows"] / "p.json"
     doc.write_text(json.dumps(wf({"r": {"type": "t.read_file", "inputs": {"path": {"param": "src"}}}},
                                  params={"src": {"type": "str", "default": "in.txt"}})))
     assert engine.validate(doc, out_dir=folders["out"]) == []
-    problems = engine.validate(doc, {"src": "../elsewhere/secret.txt"}, out_dir=folders["out"])
+    bad = folders["flows"] / "bad.json"
+    bad.write_text(json.dumps(wf({"r": {"type": "t.read_file", "inputs": {"path": {"param": "src"}}}},
+                                 params={"src": {"type": "str", "default": "../elsewhere/secret.txt"}})))
+    problems = engine.validate(bad, out_dir=folders["out"])
     assert [(p.code, p.node, p.input) for p in problems] == [("path_not_allowed", "r", "path")]
+    monkeypatch.chdir(folders["elsewhere"])
+    assert engine.validate(doc, {"src": "secret.txt"}, out_dir=folders["out"]) == []
+    assert engine.run(doc, {"src": "secret.txt"}, out_dir=folders["out"]).outputs["r.result"] == "secret"
 
 
 def test_cli_allow_path_and_overwrite(folders: dict[str, Path]) -> None:

@@ -224,3 +224,24 @@ def test_concurrent_claims_get_distinct_names(tree: dict[str, Path]) -> None:
         t.join()
     assert len(set(claimed)) == 8
     assert {p.name for p in claimed} == {"race.mp4", *(f"race-{i}.mp4" for i in range(1, 8))}
+
+
+def test_given_params_are_the_users_intent_unless_untrusted(make_engine: Callable[..., Engine], tree: dict[str, Path],
+                                                            tmp_path: Path) -> None:
+    """``--set src=...`` resolves against the current folder and is allowed; a server passing a remote client's
+    values (``trust_params=False``) keeps them sandboxed like the workflow's own."""
+    doc = _write(tree["flows"], wf({"r": {"type": "t.read_path", "inputs": {"path": {"param": "src"}}}},
+                                   params={"src": {"type": "str", "default": "in.txt"}}))
+    secret = str(tree["elsewhere"] / "secret.txt")
+    engine = make_engine()
+    assert engine.run(doc, {"src": secret}, out_dir=tree["out"]).outputs["r.result"] == "secret"
+    problems = engine.validate(doc, {"src": secret}, out_dir=tree["out"], trust_params=False)
+    assert [(p.code, p.node, p.input) for p in problems] == [("path_not_allowed", "r", "path")]
+    env = {**os.environ, "REELGRAPH_PLUGINS": ""}
+    from conftest import TEST_PLUGIN
+
+    proc = subprocess.run([sys.executable, "-m", "reelgraph", "run", str(doc), "--set", "src=secret.txt", "--quiet",
+                           "--out", str(tree["out"]), "--plugin", TEST_PLUGIN], cwd=tree["elsewhere"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "r.result = secret" in proc.stdout

@@ -172,3 +172,36 @@ def test_unknown_requested_output(engine: Engine) -> None:
     assert located(engine.validate(doc, outputs=["a.nope", "zz"])) == [
         ("unknown_output", "a", None), ("unknown_output", "zz", None)
     ]
+
+
+def test_static_checks_report_located_problems_before_running(make_engine) -> None:  # type: ignore[no-untyped-def]
+    """A node's ``check`` sees its literal values and the linked node's, and reports without running anything."""
+    from reelgraph import CheckContext, NodeInputError, hookimpl, node
+
+    ran: list[str] = []
+
+    def check_even(values: dict, ctx: CheckContext):  # type: ignore[no-untyped-def]
+        source = ctx.linked("x")
+        if values["n"] % 2:
+            yield NodeInputError("n must be even", input="n")
+        if source is not None and source[1].get("a", 0) < 0:
+            yield NodeInputError(f"{source[0]} gives a negative number", input="x", code="invalid_value")
+
+    @node("chk.even", category="test", check=check_even)
+    def even(x: int, n: int = 2) -> int:
+        """Needs an even n."""
+        ran.append("even")
+        return x * n
+
+    class Plugin:
+        @hookimpl
+        def reelgraph_register_nodes(self, registry):  # type: ignore[no-untyped-def]
+            registry.add(even)
+
+    engine = make_engine(Plugin())
+    doc = {"reelgraph": 1, "name": "c", "nodes": {"a": {"type": "t.add", "inputs": {"a": -1}},
+                                                  "e": {"type": "chk.even", "inputs": {"x": {"from": "a.result"},
+                                                                                       "n": 3}}}}
+    problems = engine.validate(doc)
+    assert [(p.code, p.node, p.input) for p in problems] == [("invalid_value", "e", "n"), ("invalid_value", "e", "x")]
+    assert ran == []
