@@ -88,8 +88,8 @@ def resize_video(
     video: Video,
     height: Annotated[int, Field(ge=1, le=16384)],
     width: Annotated[int, Field(ge=1, le=16384)],
-    ctx: RunContext,
     mode: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear",
+    ctx: RunContext = None,  # type: ignore[assignment]  # the engine always passes it; direct calls may omit it
 ) -> Video:
     """Resize every frame to ``height`` x ``width`` (no cropping; the aspect ratio may change).
 
@@ -108,8 +108,9 @@ def resize_video(
         return video
     n, c = int(video.frames.shape[0]), int(video.frames.shape[1])
     grows = "height" if height * video.width >= width * video.height else "width"
-    check_tensor_memory(ctx, (n, c, height, width), 4, f"resizing {n} frames to {width}x{height}", grows,
-                        copies=2)  # the interpolated frames and their clamped copy
+    if ctx is not None:
+        check_tensor_memory(ctx, (n, c, height, width), 4, f"resizing {n} frames to {width}x{height}", grows,
+                            copies=2)  # the interpolated frames and their clamped copy
     frames = video.frames.float()
     kwargs = {"antialias": True, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
     resized = torch.nn.functional.interpolate(frames, size=(height, width), mode=mode, **kwargs)
