@@ -17,10 +17,12 @@ This module never imports torch or ray.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import time
@@ -34,12 +36,20 @@ from .api import Engine
 from .errors import NodeFailed, ReelgraphError, RunInterrupted, WorkflowInvalid
 from .events import Event, Sink
 from .executor import describe_value
+from .files import atomic_path
 from .workflow import ParamSpec
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the manifest is not locked (one batch per folder at a time)
+    fcntl = None  # type: ignore[assignment]
 
 #: File name of the manifest inside the batch folder.
 MANIFEST_NAME = "batch.jsonl"
 #: Folder inside the batch folder that holds one output folder per run.
 RUNS_DIR = "runs"
+#: The most runs one batch may have: a larger grid or params file is refused before it is expanded.
+MAX_RUNS = 100_000
 #: Engine events forwarded even when per-node events are off: enough to follow runs and failures.
 RUN_EVENTS = frozenset({"run_started", "run_finished", "node_failed"})
 
@@ -144,6 +154,9 @@ def parse_grid(items: Sequence[str], specs: Mapping[str, ParamSpec]) -> list[tup
                 lo, hi = int(match[1]), int(match[2])
                 if hi < lo:
                     raise BatchSpecError(f"--grid {item!r}: range {part.strip()} is empty (lower bound first)")
+                if len(values) + hi - lo + 1 > MAX_RUNS:  # counted, not built
+                    raise BatchSpecError(f"--grid {item!r}: {len(values) + hi - lo + 1:,} values; a batch has at "
+                                         f"most {MAX_RUNS:,} runs (split it into several batches)")
                 values.extend(coerce_param(str(v), spec) for v in range(lo, hi + 1))
             elif part.strip() == "":
                 raise BatchSpecError(f"--grid {item!r}: empty value (a stray comma?)")
@@ -191,19 +204,40 @@ def read_params_file(path: str | Path, specs: Mapping[str, ParamSpec]) -> list[d
     return rows
 
 
+def count_params(rows: Sequence[Mapping[str, Any]] | None = None,
+                 grid: Sequence[tuple[str, Sequence[Any]]] = ()) -> int:
+    """How many parameter sets :func:`iter_params` yields (before duplicates are merged), without building them."""
+    return len(rows or [{}]) * math.prod(len(values) for _, values in grid)
+
+
+def iter_params(
+    sets: Mapping[str, Any] | None = None,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+    grid: Sequence[tuple[str, Sequence[Any]]] = (),
+) -> Iterator[dict[str, Any]]:
+    """Every run's parameter overrides, one at a time: each params row times each grid point, over ``sets``.
+
+    Later sources win for the same name: ``sets`` < a params row < a grid value. The grid's last axis
+    varies fastest. With neither rows nor grid there is one run. More than :data:`MAX_RUNS` sets is a
+    :class:`BatchSpecError`, raised before the first one is built.
+    """
+    total = count_params(rows, grid)
+    if total > MAX_RUNS:
+        raise BatchSpecError(f"the grid and params give {total:,} runs; a batch has at most {MAX_RUNS:,} "
+                             "(split it into several batches)")
+    names = [name for name, _ in grid]
+    for row in rows or [{}]:
+        for combo in itertools.product(*(vals for _, vals in grid)):
+            yield {**(sets or {}), **row, **dict(zip(names, combo, strict=True))}
+
+
 def expand_params(
     sets: Mapping[str, Any] | None = None,
     rows: Sequence[Mapping[str, Any]] | None = None,
     grid: Sequence[tuple[str, Sequence[Any]]] = (),
 ) -> list[dict[str, Any]]:
-    """Every run's parameter overrides: each params row times each grid point, over the shared ``sets``.
-
-    Later sources win for the same name: ``sets`` < a params row < a grid value. The grid's last axis
-    varies fastest. With neither rows nor grid there is one run.
-    """
-    names = [name for name, _ in grid]
-    points = [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(vals for _, vals in grid))]
-    return [{**(sets or {}), **row, **point} for row in (rows or [{}]) for point in points]
+    """:func:`iter_params` as a list."""
+    return list(iter_params(sets, rows, grid))
 
 
 def run_id_for(params: Mapping[str, Any]) -> str:
@@ -322,8 +356,22 @@ def _error_of(exc: BaseException) -> dict[str, Any]:
             "message": f"{type(exc).__name__}: {exc}"}
 
 
+def _exit_error(exc: BaseException, running: Mapping[str, str]) -> dict[str, Any]:
+    """The error of a run that raised a ``BaseException`` (``SystemExit``, say): ``node_failed`` at the node
+    that was running when it was raised, else ``internal_error``."""
+    message = f"{type(exc).__name__}: {exc}; a node must raise an exception, not end the process"
+    if running:
+        node, node_type = list(running.items())[-1]
+        return {"code": "node_failed", "node": node, "node_type": node_type or None, "input": None,
+                "message": message}
+    return {"code": "internal_error", "node": None, "node_type": None, "input": None, "message": message}
+
+
 class RunWorker:
     """Runs the runs of batches on one :class:`Engine`, one at a time, never raising for a failed run.
+
+    A run that raises ``SystemExit`` (a node calling ``sys.exit``) or any other ``BaseException`` except
+    ``KeyboardInterrupt`` is a failed run too (``node_failed`` at the node that was running).
 
     The engine lives as long as the worker, so a model loaded by one run is still loaded (and its
     results still cached) for the next. Both executors use it: in-process, and inside each Ray actor.
@@ -337,7 +385,13 @@ class RunWorker:
     def run(self, job: BatchJob, spec: RunSpec, sink: Sink | None = None) -> RunOutcome:
         """Run one run into its folder; engine events go to ``sink`` tagged with the run's id."""
 
+        running: dict[str, str] = {}  # the node in flight (id -> type), to name it if it exits the process
+
         def tagged(ev: Event) -> None:
+            if ev.event == "node_started" and ev.node:
+                running[ev.node] = ev.node_type or ""
+            elif ev.event in ("node_finished", "node_failed") and ev.node:
+                running.pop(ev.node, None)
             if sink is None or not (job.detail_events or ev.event in RUN_EVENTS):
                 return
             extra = {**ev.extra, "execution_id": ev.run_id}
@@ -359,6 +413,10 @@ class RunWorker:
             error, status = _error_of(exc), "interrupted" if isinstance(exc, RunInterrupted) else "failed"
         except Exception as exc:  # a bug in a node's validator or the engine: this run fails, the batch goes on
             error, status = _error_of(exc), "failed"
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # sys.exit() or another BaseException in a node: this run fails, not the batch
+            error, status = _exit_error(exc, running), "failed"
         outcome = RunOutcome(spec.run_id, status, self.name, started, time.time(), time.perf_counter() - t0,
                              error=error)
         if result is not None:
@@ -444,22 +502,40 @@ def file_digest(path: str | Path) -> str:
 
 
 class Manifest:
-    """The batch manifest: a JSON-lines file with the latest record of each run.
+    """The batch manifest: a JSON-lines file of run records; the latest record of a run id is its state.
 
-    While a batch runs, records are appended (``running`` when a run starts, its outcome when it ends),
-    so a crash loses nothing; when the batch ends the file is rewritten with one line per run. Readers
-    take the last line of each run id and ignore lines that do not parse (a write cut short).
+    The file is append-only while batches run: a record is added when a run starts (``running``) and when it
+    ends (its outcome), so a crash loses nothing, and several batches (processes, threads) may share one
+    folder. Every write holds an exclusive ``fcntl.flock`` on the lock file ``batch.jsonl.lock`` beside it
+    and opens the manifest afresh, so records never interleave and none is lost. When a batch ends it
+    compacts the file (one line per run) under the same lock, from what is on disk (every batch's records,
+    not only its own), through a uniquely named temporary file (:func:`reelgraph.files.atomic_path`).
+    Readers take the last line of each run id and ignore lines that do not parse (a write cut short).
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        """The latest record of every run in the file, by run id (empty when there is no file)."""
+    @contextlib.contextmanager
+    def locked(self, shared: bool = False) -> Iterator[None]:
+        """Hold the manifest's lock (exclusive, or shared for reading) for the ``with`` block."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read(self) -> dict[str, dict[str, Any]]:
         records: dict[str, dict[str, Any]] = {}
-        if not self.path.exists():
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
             return records
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in text.splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -469,20 +545,29 @@ class Manifest:
                 records[record["run_id"]] = record
         return records
 
+    def load(self) -> dict[str, dict[str, Any]]:
+        """The latest record of every run in the file, by run id (empty when there is no file)."""
+        with self.locked(shared=True):
+            return self._read()
+
     def append(self, record: Mapping[str, Any]) -> None:
-        """Add one record at the end (it supersedes earlier records of the same run)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        """Add one record at the end (it supersedes earlier records of the same run), under the lock."""
+        line = json.dumps(record, default=str, ensure_ascii=False) + "\n"
+        with self.locked(), self.path.open("a", encoding="utf-8") as f:
+            f.write(line)
             f.flush()
 
-    def rewrite(self, records: Mapping[str, Mapping[str, Any]], order: Sequence[str]) -> None:
-        """Replace the file with one line per run: ``order`` first, then any other runs it held."""
-        ids = [i for i in order if i in records] + [i for i in records if i not in set(order)]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(records[i], default=str, ensure_ascii=False) + "\n" for i in ids),
-                       encoding="utf-8")
-        os.replace(tmp, self.path)
+    def compact(self, order: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+        """Rewrite the file with the latest record of each run, ``order`` first, then any other runs it
+        holds (other batches' included), under the lock; returns those records."""
+        with self.locked():
+            records = self._read()
+            first = [i for i in order if i in records]
+            ids = first + [i for i in records if i not in set(first)]
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(json.dumps(records[i], default=str, ensure_ascii=False) + "\n" for i in ids),
+                               encoding="utf-8")
+        return records
 
 
 def is_finished(record: Mapping[str, Any] | None, digest: str, outputs: Sequence[str] | None) -> bool:
@@ -585,9 +670,7 @@ def run_batch(
     def emit(ev: Event) -> None:
         ev.extra["batch_id"] = batch_id
         if ev.event == "run_started" and ev.run_id in by_id:
-            record = _record(by_id[ev.run_id], job, digest, None, ev.time)
-            records[ev.run_id] = record
-            manifest.append(record)
+            manifest.append(_record(by_id[ev.run_id], job, digest, None, ev.time))
         for sink in sinks:
             sink(ev)
 
@@ -601,9 +684,7 @@ def run_batch(
     stream = executor.execute(job, todo, emit) if todo else iter(())
     try:
         for outcome in stream:
-            record = _record(by_id[outcome.run_id], job, digest, outcome, started)
-            records[outcome.run_id] = record
-            manifest.append(record)
+            manifest.append(_record(by_id[outcome.run_id], job, digest, outcome, started))
             outcomes[outcome.run_id] = outcome
         if len(outcomes) == len(todo) and all(o.status != "interrupted" for o in outcomes.values()):
             status = "finished"
@@ -611,7 +692,7 @@ def run_batch(
         close = getattr(stream, "close", None)
         if close is not None:
             close()
-        manifest.rewrite(records, [r.run_id for r in runs])
+        records = manifest.compact([r.run_id for r in runs])
         mine = {r.run_id: records[r.run_id] for r in runs if r.run_id in records}
         counts = {s: sum(1 for r in mine.values() if r.get("status") == s) for s in ("finished", "failed")}
         emit(Event("batch_finished", batch_id, seconds=time.perf_counter() - t0,
@@ -643,11 +724,12 @@ def plan_batch(
     base = (parse_sets(list(sets), specs) if not isinstance(sets, Mapping)
             else {k: coerce_param(v, _check_name(k, specs, "params")) for k, v in sets.items()})
     rows = read_params_file(params_file, specs) if params_file is not None else None
-    return make_runs(expand_params(base, rows, parse_grid(grid, specs)), batch_dir)
+    return make_runs(iter_params(base, rows, parse_grid(grid, specs)), batch_dir)
 
 
 __all__ = [
     "MANIFEST_NAME",
+    "MAX_RUNS",
     "RUNS_DIR",
     "BatchError",
     "BatchExecutor",
@@ -661,10 +743,12 @@ __all__ = [
     "RunSpec",
     "RunWorker",
     "coerce_param",
+    "count_params",
     "expand_params",
     "failed_outcome",
     "file_digest",
     "finished_event",
+    "iter_params",
     "make_runs",
     "parse_grid",
     "parse_sets",

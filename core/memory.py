@@ -1,15 +1,19 @@
 """Memory guards: how much a run may hold, and refusing work that would exceed it.
 
 A node about to allocate something large (decoded frames, latents, UNet activations) calls
-``ctx.check_memory(nbytes, what, input=...)`` first; past the limit it fails with ``too_large`` instead
-of being killed by the operating system halfway through. The limit is ``--max-memory`` (``max_memory=``),
-by default 80 % of the memory available when the run starts.
+:func:`check_tensor_memory` (``ctx, shape, dtype_bytes, what, input``) with the shape it is about to
+create, or ``ctx.check_memory(nbytes, what, input=...)`` for other sizes, first; past the limit it fails
+with ``too_large`` instead of being killed by the operating system halfway through. The limit is
+``--max-memory`` (``max_memory=``), by default 80 % of the memory available when the run starts.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections.abc import Sequence
+from typing import Any
 
 DEFAULT_FRACTION = 0.8
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -54,3 +58,25 @@ def format_size(nbytes: float) -> str:
             return f"{nbytes:.1f} {unit}" if unit != "B" else f"{int(nbytes)} B"
         nbytes /= 1024
     return f"{nbytes:.1f} TiB"
+
+
+def tensor_nbytes(shape: Sequence[int], dtype_bytes: int | Any = 4) -> int:
+    """Bytes of a dense tensor of ``shape`` whose elements take ``dtype_bytes`` bytes each (an int, or any
+    dtype with an ``itemsize``, such as ``torch.float16``). Exact integer arithmetic: no overflow."""
+    size = int(getattr(dtype_bytes, "itemsize", dtype_bytes))
+    return math.prod(int(s) for s in shape) * size
+
+
+def check_tensor_memory(ctx: Any, shape: Sequence[int], dtype_bytes: int | Any, what: str, input: str | None = None,
+                        *, copies: int = 1, extra: int = 0) -> int:
+    """Refuse (``too_large``, naming ``input``) before a node allocates ``copies`` tensors of ``shape`` (plus
+    ``extra`` bytes of working memory) when that exceeds the run's limit; returns the bytes counted.
+
+    The one helper for "this node will allocate a tensor of this shape and dtype": nodes call it with the
+    shape they are about to create instead of doing their own arithmetic. ``ctx`` is the node's
+    :class:`~reelgraph.RunContext` (anything with ``check_memory``). ``dtype_bytes`` may count several
+    buffers per element, e.g. ``1 + 4`` for uint8 frames decoded into a float32 result.
+    """
+    nbytes = tensor_nbytes(shape, dtype_bytes) * int(copies) + int(extra)
+    ctx.check_memory(nbytes, what, input=input)
+    return nbytes

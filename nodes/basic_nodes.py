@@ -10,6 +10,32 @@ from pydantic import Field
 
 from reelgraph import NodeInputError, node
 
+#: The longest text ``format_text`` produces, in characters.
+MAX_TEXT_CHARS = 1_000_000
+
+
+class _TextTooLong(Exception):
+    """The formatted text would pass ``MAX_TEXT_CHARS``."""
+
+
+class _BoundedFormatter(string.Formatter):
+    """``str.format`` that counts the characters it produces, field by field, and stops past a limit.
+
+    Each field is formatted on its own (its width is below 10,000 and its value is already in memory), so
+    the text is never built beyond the limit: a template repeating ``{:9999}`` fails at the limit, not after
+    building gigabytes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        text = super().format_field(value, format_spec)
+        self.left -= len(text)
+        if self.left < 0:
+            raise _TextTooLong
+        return text
+
 
 @node("text", category="basic", output="value")
 def text(value: str) -> str:
@@ -33,6 +59,9 @@ def number(value: float) -> float:
 def format_text(template: str, values: dict[str, Any] | None = None, value: Any = None) -> str:
     """Fill a ``str.format`` template, e.g. ``"a {color} cube"`` with ``values={"color": "red"}``.
 
+    The result may hold at most 1,000,000 characters: a longer one is refused (``too_large``, input
+    ``template``) while it is being filled, before it is built.
+
     Args:
         template: the template; ``{name}`` takes ``values[name]``, ``{value}`` or ``{}`` takes ``value``.
         values: named values for the template.
@@ -47,8 +76,15 @@ def format_text(template: str, values: dict[str, Any] | None = None, value: Any 
         if field is not None and ("[" in field or "." in field.split("!")[0]):
             raise NodeInputError(f"field {{{field}}}: only plain names are allowed, not attributes or indexing",
                                  input="template")
+    literal = sum(len(text) for text, _, _, _ in string.Formatter().parse(template))
+    formatter = _BoundedFormatter(MAX_TEXT_CHARS - literal)
     try:
-        return template.format(value, **named)
+        if formatter.left < 0:
+            raise _TextTooLong
+        return formatter.format(template, value, **named)
+    except _TextTooLong:
+        raise NodeInputError(f"the filled template would be longer than {MAX_TEXT_CHARS:,} characters; use a "
+                             "shorter template, fewer or narrower fields", input="template", code="too_large") from None
     except (KeyError, IndexError, ValueError, TypeError) as exc:
         raise NodeInputError(f"template {template!r} cannot be filled: {exc!r}", input="template") from exc
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from reelgraph import NodeInputError, RunContext, node
+from reelgraph.memory import check_tensor_memory, tensor_nbytes
 
 from . import sampling
 from .context_windows import ContextFrames, ContextFuse, ContextOverlap
@@ -116,23 +117,35 @@ def vae_decode(vae: VAE, latents: Latents, ctx: RunContext, chunk_frames: ChunkF
         raise NodeInputError(str(exc), input=exc.input) from exc
 
 
-def _check_denoise_memory(ctx: RunContext, unet: UNet3D, given: Latents | None, frames: int | None,
-                          height: int | None, width: int | None, guidance_scale: float,
-                          context_frames: int | None) -> None:
-    """Refuse (too_large) a denoise whose UNet3D activations would exceed the memory limit.
+#: Whole-clip latent tensors alive at once in a sampling step: the latents, the starting noise, the (fused)
+#: prediction and its float32 accumulator, the frame-major copies the scheduler steps, its result and the
+#: multistep history of DPM-Solver++.
+_CLIP_COPIES = 8
 
-    A rough upper estimate: the widest block's activations, a few times over, for every frame the UNet
-    sees at once (a context window, when set), doubled under classifier-free guidance.
+
+def _check_denoise_memory(ctx: RunContext, unet: UNet3D, conditioning: Conditioning, given: Latents | None,
+                          frames: int | None, height: int | None, width: int | None, guidance_scale: float,
+                          context_frames: int | None, input: str) -> None:
+    """Refuse (too_large, naming ``input``) a denoise or inversion that would exceed the memory limit.
+
+    Two parts, both rough upper estimates: the whole clip's latents, several copies of which live through
+    every step whatever the context windows (so ``context_frames=1`` on a huge clip is refused too), plus
+    the UNet3D's activations for the frames it sees at once (a context window, when set): the widest block,
+    a few times over, doubled under classifier-free guidance.
     """
+    batch = int(conditioning.prompt_embeds.shape[0])
+    channels = int(unet.module.config.in_channels)
     if given is not None:
-        _, _, frames, h, w = (int(d) for d in given.tensor.shape)
+        batch, channels, frames, h, w = (int(d) for d in given.tensor.shape)
     else:
         h, w = (height or 0) // unet.vae_scale_factor, (width or 0) // unet.vae_scale_factor
-    seen = min(context_frames or frames or 1, frames or 1)
+    frames = frames or 1
+    seen = min(context_frames or frames, frames)
     widest = max(int(c) for c in unet.module.config.block_out_channels)
-    batch = 2 if guidance_scale > 1 else 1
-    ctx.check_memory(batch * seen * h * w * widest * 4 * 8, f"denoising {frames} frames of {w}x{h} latents",
-                     input="frames")
+    cfg = 2 if guidance_scale > 1 else 1
+    window = tensor_nbytes((cfg * batch, widest, seen, h, w), 4) * 8
+    what = f"denoising {frames} frames of {w}x{h} latents" + (f" in windows of {seen}" if seen < frames else "")
+    check_tensor_memory(ctx, (batch, channels, frames, h, w), 4, what, input, copies=_CLIP_COPIES, extra=window)
 
 
 @node("unet3d_denoise", category="sampling", output="latents")
@@ -169,7 +182,8 @@ def unet3d_denoise(
         frames: number of frames (ignored when ``noise`` or ``latents`` is given).
         height: frame height in pixels, a multiple of the VAE factor (default: the model's sample size).
         width: frame width in pixels, a multiple of the VAE factor (default: the model's sample size).
-        steps: denoising steps.
+        steps: denoising steps. At 1000 (one per training timestep) the timesteps are 999 down to 0,
+            whatever the scheduler's spacing, since its own spacing would step past the last one.
         guidance_scale: classifier-free guidance; 1 or less turns it off.
         seed: seeds the starting noise (drawn exactly as diffusers draws it) and DDIM's eta noise.
         eta: DDIM stochasticity (0 is deterministic DDIM).
@@ -178,8 +192,9 @@ def unet3d_denoise(
         latents: clean latents to re-generate (video-to-video), noised to ``strength``'s level.
         strength: how much of the schedule runs on ``latents`` (1.0 = from pure noise).
         context_frames: for long videos, run the UNet3D on sliding temporal windows of this many frames and
-            average their overlapping predictions (memory bounded by the window); empty = the whole clip at
-            once. Windows as long as the clip give exactly the windowless result.
+            average their overlapping predictions (UNet memory bounded by the window; the whole clip's latents
+            are still held, and counted against ``--max-memory``); empty = the whole clip at once. Windows as
+            long as the clip give exactly the windowless result.
         context_overlap: frames shared by neighbouring windows (smaller than ``context_frames``).
         context_fuse: how overlapping predictions are averaged: ``pyramid`` (weights peak in each window's
             middle, softer seams) or ``flat``.
@@ -193,7 +208,9 @@ def unet3d_denoise(
     elif height is None or width is None:
         size = unet.module.config.sample_size * unet.vae_scale_factor
         height, width = height or size, width or size
-    _check_denoise_memory(ctx, unet, given, frames, height, width, guidance_scale, context_frames)
+    given_input = "frames" if given is None else "noise" if noise is not None else "latents"
+    _check_denoise_memory(ctx, unet, conditioning, given, frames, height, width, guidance_scale, context_frames,
+                          given_input)
     from .context_windows import ContextWindowError
     from .controlnet import ControlError
 
@@ -235,13 +252,15 @@ def ddim_invert(
         scheduler: the model's scheduler configuration (the inverse DDIM scheduler is built from it).
         conditioning: the source clip's caption, from ``clip_text_encode``.
         latents: the clean latents of the source clip (``vae_encode``).
-        steps: inversion steps.
+        steps: inversion steps (up to 1000, as in ``unet3d_denoise``).
         guidance_scale: classifier-free guidance during inversion; 1 (off) inverts most faithfully.
         context_frames: sliding temporal windows of this many frames, as in ``unet3d_denoise`` (use the same
             settings there); empty = the whole clip at once.
         context_overlap: frames shared by neighbouring windows (smaller than ``context_frames``).
         context_fuse: ``pyramid`` or ``flat`` averaging of overlapping predictions.
     """
+    _check_denoise_memory(ctx, unet, conditioning, latents, None, None, None, guidance_scale, context_frames,
+                          "latents")
     from .context_windows import ContextWindowError
     from .controlnet import ControlError
 

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-__all__ = ["METHODS", "interpolate"]
+__all__ = ["METHODS", "interpolate", "output_shape", "workspace_bytes"]
 
 #: Interpolation methods ``interpolate`` understands.
 METHODS: tuple[str, ...] = ("flow", "blend")
@@ -44,6 +44,27 @@ _FLOW_ITERATIONS = 3
 _MIN_WEIGHT = 1e-3
 # Frames are upsampled for flow estimation until their short side reaches this (see ``_dense_flow``).
 _FLOW_MIN_SIDE = 128
+
+
+def output_shape(shape: tuple[int, ...], multiplier: int) -> tuple[int, int, int, int]:
+    """The ``[(N - 1) * multiplier + 1, C, H, W]`` shape ``interpolate`` returns for frames of ``shape``."""
+    n, c, h, w = (int(s) for s in shape)
+    return (max(n - 1, 0) * int(multiplier) + 1, c, h, w)
+
+
+def workspace_bytes(shape: tuple[int, ...], multiplier: int, method: str = "flow") -> int:
+    """Bytes ``interpolate`` needs besides its float32 result, for one pair of frames at a time: the new
+    frames of the pair (listed, then stacked) and, for ``flow``, the flows, masks and warps at frame size and
+    the flow estimation at its upsampled size (an upper estimate)."""
+    _, c, h, w = (int(s) for s in shape)
+    pixels = h * w
+    total = 2 * (int(multiplier) - 1) * c * pixels * 4
+    if method == "flow":
+        scale = 1
+        while min(h, w) * scale < _FLOW_MIN_SIDE:
+            scale *= 2
+        total += 24 * max(c, 2) * pixels * 4 + 16 * pixels * scale * scale * 4
+    return total
 
 
 def interpolate(frames: torch.Tensor, multiplier: int, method: str = "flow",

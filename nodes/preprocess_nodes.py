@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from reelgraph import NodeInputError, RunContext, node
+from reelgraph.memory import check_tensor_memory
 
 from .values import Video
 
@@ -88,10 +89,12 @@ def resize_video(
     height: Annotated[int, Field(ge=1, le=16384)],
     width: Annotated[int, Field(ge=1, le=16384)],
     mode: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear",
+    ctx: RunContext = None,  # type: ignore[assignment]  # the engine always passes it; direct calls may omit it
 ) -> Video:
     """Resize every frame to ``height`` x ``width`` (no cropping; the aspect ratio may change).
 
     Bilinear and bicubic are antialiased when shrinking; ``nearest`` keeps hard edges (edge maps, masks).
+    A result too large for ``--max-memory`` is refused (``too_large``, naming the side that grows most).
 
     Args:
         video: the frames to resize.
@@ -103,6 +106,11 @@ def resize_video(
 
     if (video.height, video.width) == (height, width):
         return video
+    n, c = int(video.frames.shape[0]), int(video.frames.shape[1])
+    grows = "height" if height * video.width >= width * video.height else "width"
+    if ctx is not None:
+        check_tensor_memory(ctx, (n, c, height, width), 4, f"resizing {n} frames to {width}x{height}", grows,
+                            copies=2)  # the interpolated frames and their clamped copy
     frames = video.frames.float()
     kwargs = {"antialias": True, "align_corners": False} if mode in ("bilinear", "bicubic") else {}
     resized = torch.nn.functional.interpolate(frames, size=(height, width), mode=mode, **kwargs)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["METHODS", "resize", "target_size"]
+__all__ = ["METHODS", "resize", "target_size", "workspace_bytes"]
 
 #: Resampling methods ``resize`` understands.
 METHODS: tuple[str, ...] = ("nearest", "bilinear", "bicubic", "lanczos")
@@ -48,6 +48,15 @@ def target_size(height: int, width: int, factor: float | None = None, new_height
     if new_width is None:
         new_width = max(1, round(width * new_height / height))
     return int(new_height), int(new_width)
+
+
+def workspace_bytes(channels: int, in_h: int, in_w: int, height: int, width: int, chunk_frames: int = 8) -> int:
+    """Bytes ``resize`` needs besides its ``[N, C, height, width]`` float32 result: one chunk's intermediate
+    products and the two axes' weight matrices (built in float64)."""
+    chunk = max(1, int(chunk_frames)) * int(channels)
+    products = chunk * int(height) * (int(in_w) + int(width)) * 4
+    weights = 6 * 8 * (int(height) * int(in_h) + int(width) * int(in_w))
+    return products + weights
 
 
 def resize(frames: torch.Tensor, height: int, width: int, method: str = "bicubic", chunk_frames: int = 8,

@@ -34,8 +34,8 @@ from .values import VAE, Conditioning, Latents, Scheduler, TextEncoder, UNet3D, 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GuidedPredict", "ProgressFn", "ddim_invert", "denoise", "encode_prompt", "guided_predictor", "vae_decode",
-           "vae_encode"]
+__all__ = ["GuidedPredict", "ProgressFn", "ddim_invert", "denoise", "encode_prompt", "guided_predictor",
+           "prepare_timesteps", "vae_decode", "vae_encode"]
 
 logger = logging.getLogger(__name__)
 
@@ -273,6 +273,40 @@ def _latent_shape(
     return batch, channels, frames, height // factor, width // factor
 
 
+def _timesteps_fit(sched: Any, ascending: bool) -> bool:
+    """Whether ``sched.timesteps`` are distinct training timesteps ``0 <= t < num_train_timesteps``, in order."""
+    import torch
+
+    t = sched.timesteps.double()
+    last = int(sched.config.num_train_timesteps) - 1
+    steps = t.diff()
+    ordered = bool((steps > 0).all()) if ascending else bool((steps < 0).all())
+    return bool(len(t)) and ordered and bool((t >= 0).all()) and bool((t <= last).all()) and bool(
+        torch.isfinite(t).all())
+
+
+def prepare_timesteps(sched: Any, steps: int, device: Any = None, ascending: bool = False) -> Any:
+    """Set ``steps`` timesteps on ``sched`` and return the scheduler to sample with (``sched`` or a copy).
+
+    With the usual ``leading`` spacing and ``steps_offset=1``, ``steps`` equal to the number of training
+    timesteps (1000, the documented maximum) gives timesteps ``1..1000``, one past the last one the
+    scheduler has an ``alphas_cumprod`` for (IndexError in DDIM, DDIM inversion and DPM-Solver++; DPM-Solver++
+    also at 999). Where the timesteps are not distinct training timesteps in order, the scheduler is rebuilt
+    with ``trailing`` spacing, which spreads any number of steps up to the training count over
+    ``num_train_timesteps - 1 .. 0``. Every other ``steps`` keeps the scheduler's own timesteps, so results
+    still equal the diffusers pipelines'. ``ascending`` is for the inverse scheduler.
+    """
+    sched.set_timesteps(steps, device=device)
+    if _timesteps_fit(sched, ascending):
+        return sched
+    trailing = type(sched).from_config(sched.config, timestep_spacing="trailing")
+    trailing.set_timesteps(steps, device=device)
+    if not _timesteps_fit(trailing, ascending):
+        raise ValueError(f"{type(sched).__name__} cannot take {steps} steps over "
+                         f"{sched.config.num_train_timesteps} training timesteps")
+    return trailing
+
+
 def denoise(
     unet: UNet3D,
     scheduler: Scheduler,
@@ -341,8 +375,7 @@ def denoise(
     predict = guided_predictor(unet, conditioning, embeds, do_cfg, guidance_scale, shape, context_frames,
                                context_overlap, context_fuse)
 
-    sched = scheduler.create(scheduler_type)
-    sched.set_timesteps(steps, device=device)
+    sched = prepare_timesteps(scheduler.create(scheduler_type), steps, device)
     timesteps = sched.timesteps
     generator = torch.Generator("cpu").manual_seed(int(seed))
 
@@ -426,7 +459,7 @@ def ddim_invert(
                                context_overlap, context_fuse)
     config = dict(scheduler.config)
     inverse = DDIMInverseScheduler.from_config(config, clip_sample=config.get("clip_sample", False))
-    inverse.set_timesteps(steps, device=device)
+    inverse = prepare_timesteps(inverse, steps, device, ascending=True)
     x = x.to(device=device, dtype=dtype)
     total = len(inverse.timesteps)
     with torch.inference_mode():

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from reelgraph import NodeInputError, RunContext, node
+from reelgraph.memory import check_tensor_memory
 
 from .values import Video
 
@@ -25,7 +26,8 @@ def upscale_video(
 ) -> Video:
     """Resize every frame by a factor or to a target size (bicubic/Lanczos antialiased, or nearest).
 
-    Downscaling works too. The frame rate is kept; filtered results are clamped to [0, 1].
+    Downscaling works too. The frame rate is kept; filtered results are clamped to [0, 1]. A result too
+    large for ``--max-memory`` is refused (``too_large``, naming the size input) before anything is allocated.
 
     Args:
         video: the frames to resize.
@@ -35,12 +37,16 @@ def upscale_video(
         method: ``bicubic`` or ``lanczos`` for pictures (antialiased when shrinking), ``bilinear``, or
             ``nearest`` for masks and labels (an integer factor repeats each pixel exactly).
     """
-    from .resize import resize, target_size
+    from .resize import resize, target_size, workspace_bytes
 
     try:
         new_h, new_w = target_size(video.height, video.width, factor, height, width)
     except ValueError as exc:
         raise NodeInputError(str(exc), input="factor") from exc
+    n, c = int(video.frames.shape[0]), int(video.frames.shape[1])
+    size_input = "factor" if factor is not None else "height" if height is not None else "width"
+    check_tensor_memory(ctx, (n, c, new_h, new_w), 4, f"resizing {n} frames to {new_w}x{new_h}", size_input,
+                        extra=workspace_bytes(c, video.height, video.width, new_h, new_w, min(8, n)))
     frames = resize(video.frames, new_h, new_w, method, progress=lambda i, n: ctx.progress(i, n))
     if method != "nearest":
         frames.clamp_(0, 1)

@@ -47,6 +47,11 @@ def load_video(
 ) -> LoadedVideo:
     """Decode a video file into float frames ``[F, C, H, W]`` in [0, 1], streaming frame by frame.
 
+    Memory is checked against ``--max-memory`` before decoding, for the frames the container announces,
+    and again as frames arrive, so streams that announce no frame count (``.mkv``, ``.webm``, ``.ts``) are
+    refused (``too_large``) when they outgrow it. A ``reelgraph-crop`` tag that does not fit the frames
+    (see ``save_video``) is ignored.
+
     Args:
         path: the video file, relative to the workflow's folder.
         start: index of the first frame kept.
@@ -75,20 +80,27 @@ def save_video(
     fps: Annotated[float, Field(gt=0, le=1000)] | None = None,
     crf: Annotated[int, Field(ge=0, le=51)] = 18,
 ) -> Path:
-    """Write frames to ``.mp4`` (H.264, yuv420p) or ``.gif``, atomically: a file appears whole or not at all.
+    """Write frames to ``.mp4`` (H.264), ``.mkv`` (lossless FFV1) or ``.gif``, atomically: a file appears
+    whole or not at all.
 
     An existing file is never replaced (unless the run allows overwriting): the video goes to
     ``name-1.mp4``, ``name-2.mp4``, ... instead, and the ``path`` output says where.
 
-    Odd frame sizes are padded to even for yuv420p and cropped back by ``load_video``.
+    Which to pick: ``.mp4`` at ``crf`` 1-51 is yuv420p, which every player and browser plays (odd frame sizes
+    are padded to even and cropped back by ``load_video``). ``.mp4`` at ``crf=0`` is lossless H.264 4:4:4
+    (about 52 dB PSNR after the 8-bit colour conversion, on any content): ffmpeg, VLC and mpv play it, most
+    browsers and QuickTime do not. ``.mkv`` is FFV1 in RGB, bit-exact through ``load_video`` (ffmpeg, VLC,
+    mpv; not browsers). ``.gif`` has 256 colours.
 
     Args:
         video: the frames to write.
-        path: the output file; relative paths land under the run's output folder (``--out``).
+        path: the output file (``.mp4``, ``.mkv`` or ``.gif``); relative paths land under the run's output
+            folder (``--out``).
         fps: frames per second (default: the video's own).
-        crf: H.264 quality, 0 (lossless) to 51; 18 is visually near-lossless.
+        crf: ``.mp4`` quality: 0 is lossless (H.264 4:4:4), 1 to 51 lossy yuv420p; 18 is visually
+            near-lossless. Ignored for ``.mkv`` (always lossless) and ``.gif``.
     """
-    if path.suffix.lower() not in (".mp4", ".gif"):
-        raise NodeInputError(f"cannot write {path.suffix or 'extension-less'} files; use .mp4 or .gif", "path")
+    if path.suffix.lower() not in (".mp4", ".mkv", ".gif"):
+        raise NodeInputError(f"cannot write {path.suffix or 'extension-less'} files; use .mp4, .mkv or .gif", "path")
     target = ctx.claim_output(path, "path")
     return write_video(video, target, fps=fps, crf=crf, progress=_report(ctx))

@@ -19,7 +19,7 @@ pytest.importorskip("numpy")
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSET = ROOT / "workflows" / "assets" / "red_circle_left.mp4"
-CTX = SimpleNamespace(progress=lambda i, n: None)
+CTX = SimpleNamespace(progress=lambda i, n: None, check_memory=lambda nbytes, what, input=None: None)
 
 # Motions per frame of the true clip; keyframes are every other true frame, so between two keyframes the
 # pattern moves twice as far and the true middle frame is known exactly.

@@ -14,7 +14,7 @@ from reelgraph.nodes.values import Video
 
 torch = pytest.importorskip("torch")
 
-CTX = SimpleNamespace(progress=lambda i, n: None)
+CTX = SimpleNamespace(progress=lambda i, n: None, check_memory=lambda nbytes, what, input=None: None)
 SIZES = [(74, 106), (20, 30), (111, 159), (13, 9), (50, 40)]
 
 
