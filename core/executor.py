@@ -300,7 +300,7 @@ class Executor:
         kwargs.update(pn.values)
         return kwargs
 
-    def _failed(self, pn: PlannedNode, exc: Exception, seconds: float, result: RunResult, emit: Sink) -> NodeFailed:
+    def _failed(self, pn: PlannedNode, exc: BaseException, seconds: float, result: RunResult, emit: Sink) -> NodeFailed:
         message = str(exc) if isinstance(exc, ReelgraphError) else f"{type(exc).__name__}: {exc}"
         code, input_name = "node_failed", None
         if isinstance(exc, NodeInputError):
@@ -338,8 +338,7 @@ class Executor:
             raise self._failed(pn, exc, time.perf_counter() - t0, result, emit) from exc
         except BaseException as exc:  # SystemExit from a node must not end the process or a batch
             ctx.release_claims()
-            failure = NodeFailed(pn.id, nt.name, f"{type(exc).__name__}: {exc}", plugin=nt.plugin)
-            raise self._failed(pn, failure, time.perf_counter() - t0, result, emit) from exc
+            raise self._failed(pn, exc, time.perf_counter() - t0, result, emit) from exc
         ctx._claims.clear()
         seconds = time.perf_counter() - t0
         meta = _written(outputs) if nt.side_effects else None

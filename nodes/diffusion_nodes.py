@@ -16,6 +16,7 @@ from reelgraph.memory import check_tensor_memory, tensor_nbytes
 
 from . import sampling
 from .context_windows import ContextFrames, ContextFuse, ContextOverlap
+from .static_checks import sizes_fit_the_model
 from .values import VAE, Conditioning, Latents, Scheduler, TextEncoder, UNet3D, Video
 
 SchedulerType = Literal["default", "ddim", "dpm++", "euler"]
@@ -148,7 +149,7 @@ def _check_denoise_memory(ctx: RunContext, unet: UNet3D, conditioning: Condition
     check_tensor_memory(ctx, (batch, channels, frames, h, w), 4, what, input, copies=_CLIP_COPIES, extra=window)
 
 
-@node("unet3d_denoise", category="sampling", output="latents")
+@node("unet3d_denoise", category="sampling", output="latents", check=sizes_fit_the_model("height", "width"))
 def unet3d_denoise(
     unet: UNet3D,
     scheduler: Scheduler,

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from reelgraph import InputPath, NodeInputError, OutputPath, RunContext, node
 
+from .static_checks import input_file_exists, writable_video
 from .threads import configure_threads
 from .values import Video
 from .video_io import VideoDecodeError, read_video, write_video
@@ -35,7 +36,7 @@ def _report(ctx: RunContext) -> Any:
     return lambda i, n: ctx.progress(i, n)
 
 
-@node("load_video", category="video", fingerprint=_file_fingerprint)
+@node("load_video", category="video", fingerprint=_file_fingerprint, check=input_file_exists("path"))
 def load_video(
     path: InputPath,
     ctx: RunContext,
@@ -72,7 +73,7 @@ def load_video(
     return LoadedVideo(video, video.fps, video.num_frames)
 
 
-@node("save_video", category="video", output="path", side_effects=True)
+@node("save_video", category="video", output="path", side_effects=True, check=writable_video)
 def save_video(
     video: Video,
     ctx: RunContext,

@@ -17,6 +17,36 @@ TEST_PLUGIN = str(Path(__file__).parent / "plugins" / "chain_nodes.py")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("REELGRAPH_THREADS", "1")  # deterministic timing-free tests; subprocesses inherit it
 
+#: Tests that take seconds each here (whole shipped workflows in a subprocess, Ray, the big fuzzers), marked
+#: ``slow`` so that ``pytest -m "not slow"`` is a quick loop; CI runs everything. Patterns match node ids
+#: (``fnmatch``); measured with ``pytest --durations=60``.
+SLOW_TESTS = (
+    "tests/test_fuzz.py::test_generated_workflows_end_in_coded_problems",
+    "tests/test_fuzz.py::test_fuzz_count_is_reported",
+    "tests/test_fuzz.py::test_cli_never_shows_a_traceback",
+    "tests/test_fuzz.py::test_ten_thousand_node_graphs",
+    "tests/diffusion/test_batch_ray.py::*",
+    "tests/diffusion/test_diffusion_workflows.py::test_changing_output_path_reuses_everything_else_across_processes",
+    "tests/diffusion/test_diffusion_workflows.py::test_shipped_workflows_run_from_the_cli*",
+    "tests/diffusion/*::*_from_the_cli*",
+    "tests/test_readme.py::test_main_job_writes_a_video",
+    "tests/test_readme.py::test_python_examples*",
+    "tests/diffusion/test_model_safety.py::test_catastrophic_alpha_pattern_returns_promptly",
+    "tests/test_integrity.py::test_a_second_signal_lets_the_current_write_finish",
+    "tests/diffusion/test_diffusion_sampling.py::test_ddim_round_trip_on_random_weights_report",
+    "tests/diffusion/test_default_model.py::test_half_precision_draws_the_same_prompt*",
+    "tests/diffusion/test_train_tiny.py::*",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests listed in :data:`SLOW_TESTS` as ``slow``."""
+    from fnmatch import fnmatch
+
+    for item in items:
+        if any(fnmatch(item.nodeid, pattern) for pattern in SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def make_engine(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Engine]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from reelgraph import Engine, Event, NodeFailed, RunInterrupted, hookimpl, node
+from reelgraph import Engine, Event, NodeFailed, RunInterrupted, WorkflowInvalid, hookimpl, node
 from reelgraph.nodes.values import Conditioning, Latents
 from reelgraph.nodes.video_io import read_video
 
@@ -131,9 +131,13 @@ def test_interrupt_stops_denoising_within_one_step(engine: Engine, tmp_path: Pat
     assert info.value.result.ran == ["model", "text"]
 
 
-def _fails(engine: Engine, workflow: Path | dict[str, Any], params: dict[str, Any], tmp_path: Path) -> NodeFailed:
-    with pytest.raises(NodeFailed) as info:
+def _fails(engine: Engine, workflow: Path | dict[str, Any], params: dict[str, Any], tmp_path: Path) -> Any:
+    """The refusal of a run: a failed node, or (for what static checks see) the workflow's one problem."""
+    with pytest.raises((NodeFailed, WorkflowInvalid)) as info:
         engine.run(workflow, params, out_dir=tmp_path)
+    if isinstance(info.value, WorkflowInvalid):
+        (problem,) = info.value.problems
+        return problem
     return info.value
 
 
