@@ -117,3 +117,21 @@ def test_half_precision_draws_the_same_prompt(dtype: str) -> None:
         paths.append(seen.path)
     gaps = [((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2) ** 0.5 for p, q in zip(*paths, strict=True)]
     assert max(gaps) < 1.0
+
+
+@pytest.mark.parametrize(("name", "output"), [("cascade", "save.path"), ("long_video", "save.path"),
+                                              ("lora_video", "save.path"), ("controlnet_video", "save.path")])
+def test_shipped_workflows_draw_their_prompt(tmp_path: Path, name: str, output: str) -> None:
+    """Each shipped workflow, run as shipped on builtin:tiny, shows its prompt's colour and direction (issue 17:
+    cascade, lora_video and long_video turned the red circle yellow with their old negative prompt)."""
+    import json
+
+    from reelgraph import Engine
+    from reelgraph.nodes.tracking import parse_prompt, track
+    from reelgraph.nodes.video_io import read_video
+
+    workflow = ROOT / "workflows" / f"{name}.json"
+    prompt = json.loads(workflow.read_text())["params"]["prompt"]["default"]
+    result = Engine(entry_points=False, env=False).run(workflow, out_dir=tmp_path)
+    seen = track(read_video(result.outputs[output]).frames)
+    assert (seen.colour, seen.direction) == parse_prompt(prompt), seen
