@@ -25,7 +25,11 @@ ModelSource = path_input("builtin:")
 
 
 def _model_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
-    return source_fingerprint(values["source"])
+    """The source's content, and where and how it will run: the resolved device and torch's thread count change
+    the numbers every downstream node computes, so they are part of every downstream key."""
+    from .model_loading import resolve_device
+
+    return [source_fingerprint(values["source"]), resolve_device(values.get("device", "auto")), configure_threads()]
 
 
 @node("load_model", category="models", fingerprint=_model_fingerprint)

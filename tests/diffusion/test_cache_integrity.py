@@ -96,3 +96,73 @@ def test_model_handles_count_their_parameters_in_the_memory_cache(reelgraph_home
         cache.put(f"k{i}", {"unet": unet if i == 0 else load_model("builtin:tiny-random", device="cpu",
                                                                       dtype="bfloat16")[0]})
     assert len(cache) <= 4 and cache.nbytes <= params * 2.5 + params
+
+
+def test_thread_count_and_device_are_part_of_the_key(tmp_path: Path) -> None:
+    """A persistent cache filled with 2 torch threads is not served to a run with 1 (issue 16: thread count and
+    resolved device were not in the key)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    doc = tmp_path / "w.json"
+    doc.write_text(json.dumps(_doc({
+        "m": {"type": "load_model", "inputs": {"source": "builtin:tiny-random"}},
+        "t": {"type": "clip_text_encode", "inputs": {"text_encoder": {"from": "m.text_encoder"}, "prompt": "a"}}})))
+    cache = tmp_path / "cache"
+
+    def run(threads: str) -> dict[str, str]:
+        record = tmp_path / f"rec-{threads}.json"
+        proc = subprocess.run([sys.executable, "-m", "reelgraph", "run", str(doc), "--quiet", "--cache-dir", str(cache),
+                               "--threads", threads, "--output", "t", "--record", str(record)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env={**os.environ, "REELGRAPH_PLUGINS": ""})
+        assert proc.returncode == 0, proc.stderr
+        return {n["node"]: n["status"] for n in json.loads(record.read_text())["nodes"]}
+
+    assert run("2")["t"] == "ran"
+    assert run("2")["t"] == "cached"
+    assert run("1")["t"] == "ran"
+
+
+def test_save_video_is_not_a_stale_hit(make_engine: Callable[..., Engine], tmp_path: Path) -> None:
+    """The reproduced case: ``save_video`` with overwrite, max_frames 2, then 5, then 2, one cache folder: the
+    third run must write 2 frames again (it was a hit, and the file held 5)."""
+    from reelgraph.nodes.video_io import read_video
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+
+    def run(frames: int) -> Any:
+        doc = _doc({"v": {"type": "load_video", "inputs": {"path": str(ASSETS / "red_circle_right.mp4"),
+                                                           "max_frames": frames}},
+                    "s": {"type": "save_video", "inputs": {"video": {"from": "v.video"}, "path": "clip.mp4"}}})
+        return make_engine(cache_dir=cache).run(doc, out_dir=out, overwrite=True, allow_paths=[ASSETS])
+
+    run(2)
+    run(5)
+    third = run(2)
+    assert "s" in third.ran and read_video(out / "clip.mp4").num_frames == 2
+    assert run(2).cached == ["s"]
+
+
+def test_editing_a_linked_model_folder_reloads_it(reelgraph_home: Path, make_engine: Callable[..., Engine],
+                                                  tmp_path: Path) -> None:
+    """``load_model`` fed its folder by link fingerprints that folder (it used to fingerprint its default)."""
+    import json
+
+    from reelgraph.nodes.tiny_models import builtin_model
+
+    folder = tmp_path / "my-model"
+    shutil.copytree(builtin_model("builtin:tiny-random"), folder)
+    doc = tmp_path / "w.json"
+    doc.write_text(json.dumps(_doc({"name": {"type": "text", "inputs": {"value": "my-model"}},
+                                    "m": {"type": "load_model", "inputs": {"source": {"from": "name.value"},
+                                                                           "device": "cpu"}}})))
+    engine = make_engine()
+    assert "m" in engine.run(doc, outputs=["m.unet"]).ran
+    assert "m" in engine.run(doc, outputs=["m.unet"]).cached
+    config = folder / "scheduler" / "scheduler_config.json"
+    settings = json.loads(config.read_text())
+    settings["steps_offset"] = 0 if settings.get("steps_offset") else 1
+    config.write_text(json.dumps(settings))
+    assert "m" in engine.run(doc, outputs=["m.unet"]).ran
