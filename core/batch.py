@@ -425,7 +425,8 @@ class RunWorker:
             outcome.outputs = {k: describe_value(v) for k, v in result.outputs.items()}
             if job.keep_values and status == "finished":
                 outcome.values = dict(result.outputs)
-        if result is None and sink is not None:  # the engine emitted nothing: say how the run ended
+        if result is None and sink is not None:  # the engine emitted nothing (invalid): say it started and ended
+            sink(Event("run_started", spec.run_id, extra={"nodes": 0, "worker": self.name}))
             sink(finished_event(outcome))
         return outcome
 
