@@ -124,3 +124,38 @@ def test_local_links_and_pictures_exist() -> None:
     assert "docs/images/text2video.png" in targets
     missing = sorted(t for t in targets if t and not (ROOT / t).exists())
     assert missing == []
+
+
+def example_commands() -> list[str]:
+    """The ``reelgraph run ...`` commands of the README's example block (continued lines joined)."""
+    body = next(b for info, b in BLOCKS[1:] if info[:1] == ["bash"] and "--set" in b)
+    return [line for line in body.replace("\\\n", " ").splitlines() if line.startswith("reelgraph run")]
+
+
+@pytest.mark.parametrize("command", example_commands(), ids=lambda c: c.split()[2])
+def test_example_commands_run_as_written(tmp_path: Path, command: str) -> None:
+    """Run from a user's folder holding what the command names: their own diffusers model folder (a copy of the
+    random tiny model) and their own clip; relative ``--set`` paths are theirs (resolved in that folder)."""
+    import shlex
+
+    from reelgraph.nodes.tiny_models import builtin_model
+    from reelgraph.nodes.video_io import read_video
+
+    user = tmp_path / "me"
+    shutil.copytree(ROOT / "workflows", user / "workflows")
+    argv = shlex.split(command)
+    sets = dict(a.split("=", 1) for a in argv[argv.index("--set"):] if "=" in a)
+    if "model" in sets:
+        shutil.copytree(builtin_model("builtin:tiny-random"), user / sets["model"])
+    if "source" in sets:
+        (user / sets["source"]).parent.mkdir(parents=True)
+        shutil.copyfile(ROOT / "workflows" / "assets" / "red_circle_right.mp4", user / sets["source"])
+    proc = subprocess.run([sys.executable, "-m", "reelgraph", *argv[1:], "--quiet"], cwd=user, capture_output=True,
+                          text=True, timeout=900, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv else Path("outputs")
+    (video,) = [v for v in (user / out).glob("*.mp4")]
+    clip = read_video(video)
+    expected = int(sets.get("frames", clip.num_frames))
+    assert clip.num_frames == expected and clip.frames.shape[-2:] == (int(sets.get("height", 32)),
+                                                                       int(sets.get("width", 32)))
