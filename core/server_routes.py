@@ -262,16 +262,22 @@ def job_file(request: Request, job_id: str, name: str) -> Response:
                                                         "X-Content-Type-Options": "nosniff"})
 
 
-@api.get("/nodes", summary="Every node type (as `reelgraph nodes --json`)")
-def nodes(request: Request) -> list[dict[str, Any]]:
+_JSON: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {}}}}
+
+
+@api.get("/nodes", summary="Every node type (as `reelgraph nodes --json`)", response_class=JSONResponse,
+         responses=_JSON)
+def nodes(request: Request) -> Response:
     """Every node type the server's plugins provide, with inputs and outputs."""
-    return [node_type_summary(nt) for nt in _state(request).validator.registry]
+    summaries = [node_type_summary(nt) for nt in _state(request).validator.registry]
+    return JSONResponse(json.loads(json.dumps(summaries, default=str)))
 
 
-@api.get("/schema", summary="JSON Schema of workflows (as `reelgraph schema`)")
-def schema(request: Request) -> dict[str, Any]:
+@api.get("/schema", summary="JSON Schema of workflows (as `reelgraph schema`)", response_class=JSONResponse,
+         responses=_JSON)
+def schema(request: Request) -> Response:
     """The workflow JSON Schema with every node type's inputs."""
-    return workflow_schema(_state(request).validator.registry)
+    return JSONResponse(workflow_schema(_state(request).validator.registry))
 
 
 @api.get("/health", response_model=Health, summary="Is the server up")
