@@ -109,6 +109,10 @@ class JobStore:
         self.path = Path(path)
         self.busy_timeout = busy_timeout
         self._local = threading.local()
+        # One writer at a time, queued here rather than in SQLite's busy handler (which backs off in growing sleeps
+        # and lets a writer starve for a second under 20 concurrent submissions). One server per state folder
+        # (its lock file), so this lock covers every writer.
+        self._write_lock = threading.Lock()
         try:
             self._db().executescript(_SCHEMA)
         except sqlite3.Error as exc:
@@ -134,21 +138,22 @@ class JobStore:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``); rolled back whole on any error."""
         db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            if _full(exc):
-                raise StoreFull(str(exc)) from exc
-            raise
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error) and _full(exc):
-                raise StoreFull(str(exc)) from exc
-            raise
+        with self._write_lock:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                if _full(exc):
+                    raise StoreFull(str(exc)) from exc
+                raise
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error) and _full(exc):
+                    raise StoreFull(str(exc)) from exc
+                raise
 
     @staticmethod
     def _transition(db: sqlite3.Connection, job: str, status: str, attempt: int) -> None:
