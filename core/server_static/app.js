@@ -233,7 +233,9 @@ async function follow(id) {
 
 async function showMedia(card, job) {
   const box = $(".media", card);
-  for (const name of job.files) {
+  const isVideo = (name) => /\.(mp4|webm|mov|m4v)$/i.test(name);
+  const files = [...job.files.filter(isVideo), ...job.files.filter((name) => !isVideo(name))];
+  for (const name of files) {
     const key = job.id + "/" + name;
     if (state.media.has(key)) continue;
     state.media.add(key);
