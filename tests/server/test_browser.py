@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT
-
 from .conftest import TOKEN, LiveServer, wait_for
+from conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
