@@ -37,7 +37,7 @@ from . import __version__
 from .api import Engine
 from .server_events import EventHub
 from .server_http import ApiError, Guard, error_body
-from .server_routes import JOB_ID, _problems, api, page
+from .server_routes import JOB_ID, api, page, problems_response
 from .server_store import JobStore
 from .server_workers import RunSettings, WorkerPool
 
@@ -218,7 +218,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return _problems([{"loc": e.get("loc", ()), "msg": e.get("msg", "invalid")} for e in exc.errors()])
+        return problems_response([{"loc": e.get("loc", ()), "msg": e.get("msg", "invalid")} for e in exc.errors()])
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -117,7 +117,8 @@ def _decode(body: bytes) -> Any:
         raise ApiError("bad_json", "invalid JSON: nested too deeply", where="body") from None
 
 
-def _problems(errors: list[dict[str, Any]]) -> JSONResponse:
+def problems_response(errors: list[dict[str, Any]]) -> JSONResponse:
+    """422 for a request of the wrong shape: one ``bad_request`` problem per pydantic error, ``input`` its field."""
     problems = [{"code": "bad_request", "node": None, "input": ".".join(str(p) for p in e.get("loc", ())) or None,
                  "message": e.get("msg", "invalid")} for e in errors]
     return JSONResponse(Problems.model_validate({"problems": problems}).model_dump(), status_code=422)
@@ -139,7 +140,7 @@ async def submit(request: Request) -> Response:
     try:
         job = JobRequest.model_validate(data)
     except ValidationError as exc:
-        return _problems([{"loc": ("body", *e["loc"]), "msg": e["msg"]} for e in exc.errors()])
+        return problems_response([{"loc": ("body", *e["loc"]), "msg": e["msg"]} for e in exc.errors()])
     return await run_in_threadpool(_queue, _state(request), job)
 
 

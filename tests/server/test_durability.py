@@ -43,7 +43,7 @@ def test_kill_9_then_restart_finishes_every_accepted_job_exactly_once(live_serve
     accepted: list[str] = []
     tags: dict[str, str] = {}
     for i in range(8):
-        r = client.post("/api/jobs", json={"workflow": slow_workflow(steps=8 + i, delay=0.04, tag=f"job{i}")})
+        r = client.post("/api/jobs", json={"workflow": slow_workflow(steps=10 + i, delay=0.08, tag=f"job{i}")})
         assert r.status_code == 201
         accepted.append(r.json()["id"])
         tags[r.json()["id"]] = f"job{i}"
