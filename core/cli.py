@@ -1,4 +1,4 @@
-"""The ``reelgraph`` command: run, validate, graph, nodes, schema, plugins, batch, cache, errors.
+"""The ``reelgraph`` command: run, validate, graph, nodes, schema, plugins, batch, cache, errors, serve.
 
 Exit codes: 0 success; 1 invalid workflow (every problem printed); 2 bad command line;
 3 a node failed; 130 interrupted. A traceback is shown only with ``--debug``.
@@ -117,10 +117,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    _add_serve_parser(sub)
+
     p = sub.add_parser("plugins", help="list plugins, their node types and load errors")
     p.add_argument("--json", action="store_true")
     _add_plugin_args(p)
     return parser
+
+
+def _add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run a job queue over HTTP with a live web page (docs/server.md)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; any other "
+                                                       "needs a token)")
+    p.add_argument("--port", default=8188, type=int, help="port (default: 8188)")
+    p.add_argument("--token", default=None, help="bearer token for /api/* (default: $REELGRAPH_TOKEN; on loopback "
+                                                 "without one, a random token is made and printed)")
+    p.add_argument("--state-dir", default="reelgraph-state", metavar="DIR",
+                   help="queue database, job folders, events and cache (default: ./reelgraph-state)")
+    p.add_argument("--workers", default=1, type=int, metavar="N", help="jobs run at once (default: 1)")
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR", dest="allow_paths",
+                   help="also let workflows read and write under DIR, e.g. a models folder (repeatable)")
+    p.add_argument("--max-body", default="16M", metavar="SIZE", type=_size_arg,
+                   help="largest request body (default: 16M); larger ones get 413 unread")
+    p.add_argument("--body-timeout", default=30.0, type=float, metavar="SECONDS",
+                   help="answer 408 when a client stops sending its body this long (default: 30)")
+    p.add_argument("--cache-size", default=None, metavar="SIZE", type=_size_arg,
+                   help="keep the shared disk cache under SIZE (default: unbounded)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_plugin_args(p)
+
+
+def _cmd_serve(args: argparse.Namespace, engine: Engine | None) -> int:
+    from pathlib import Path
+
+    from .server import ServeError, ServerConfig, resolve_token, serve
+
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be 1..65535, got {args.port}")
+    if args.max_body in (None, "auto") or args.cache_size == "auto":
+        raise UsageError("--max-body and --cache-size want a size such as 16M")
+    state_dir = Path(args.state_dir).resolve()
+    try:
+        token, generated = resolve_token(args.host, args.token, state_dir)
+        config = ServerConfig(state_dir, token, args.host, args.port, args.workers, tuple(args.plugin),
+                              tuple(str(Path(p).resolve()) for p in args.allow_paths), int(args.max_body),
+                              args.body_timeout, args.cache_size)
+        return serve(config, token_generated=generated, log_level=args.log_level)
+    except ServeError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def parse_sets(sets: Sequence[str], workflow: Any) -> dict[str, Any]:
@@ -316,6 +362,7 @@ COMMANDS = {
     "nodes": _cmd_nodes,
     "schema": _cmd_schema,
     "plugins": _cmd_plugins,
+    "serve": _cmd_serve,
 }
 
 
@@ -340,6 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_usage(args)
         if args.command == "cache":
             return _cmd_cache(args, None)
+        if args.command == "serve":  # builds its own engines (one per worker)
+            return _cmd_serve(args, None)
         engine = Engine(args.plugin, cache_dir=getattr(args, "cache_dir", None),
                         cache_size=getattr(args, "cache_size", None))
         if args.command != "plugins":
