@@ -36,11 +36,13 @@ def read_workflow(workflow: WorkflowLike) -> tuple[Workflow | None, list[Problem
         return wf, problems, Path.cwd()
     path = Path(workflow)
     try:
+        folder = path.parent.resolve()
         doc = load_document(path)
     except (OSError, ValueError) as exc:
-        return None, [Problem("bad_format", f"cannot read workflow {path}: {exc}")], path.parent.resolve()
+        where = Path.cwd() if "\x00" in str(workflow) else path.parent.absolute()
+        return None, [Problem("bad_format", f"cannot read workflow {str(workflow)!r}: {exc}")], where
     wf, problems = parse_document(doc)
-    return wf, problems, path.parent.resolve()
+    return wf, problems, folder
 
 
 class Engine:
@@ -95,7 +97,7 @@ class Engine:
         wherever they point, unless ``trust_params=False`` (a server passing on a remote client's values), which
         sandboxes them like the workflow's own values."""
         wf, problems, base = read_workflow(workflow)
-        document = Path(workflow) if isinstance(workflow, str | Path) else None
+        document = Path(workflow) if isinstance(workflow, str | Path) and wf is not None else None
         sandbox = Sandbox(base, Path(out_dir) if out_dir is not None else DEFAULT_OUT_DIR, allow_paths,
                           workflow_file=document)
         if wf is None:

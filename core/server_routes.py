@@ -154,8 +154,9 @@ def _queue(st: ServerState, job: JobRequest) -> Response:
         shutil.rmtree(folder, ignore_errors=True)
         raise ApiError("storage_full", f"cannot write the job's folder: {exc.strerror or exc}", where="state-dir") \
             from None
+    # A remote client's params are not the server user's intent: their paths stay sandboxed.
     problems = st.validator.validate(folder / WORKFLOW_NAME, job.params, job.outputs, out_dir=folder,
-                                     allow_paths=st.config.allow_paths)
+                                     allow_paths=st.config.allow_paths, trust_params=False)
     if problems:
         shutil.rmtree(folder, ignore_errors=True)
         return JSONResponse({"problems": [p.to_dict() for p in problems]}, status_code=422)

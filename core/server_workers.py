@@ -190,7 +190,8 @@ class WorkerPool:
             if running.cancel.is_set():
                 raise RunInterrupted()
             result = engine.run(workflow, job.params, job.outputs, out_dir=job_dir,
-                                allow_paths=self.settings.allow_paths, overwrite=job_dir, events=[sink])
+                                allow_paths=self.settings.allow_paths, overwrite=job_dir, events=[sink],
+                                trust_params=False)
         except RunInterrupted as exc:
             result = exc.result  # type: ignore[assignment]
             if not running.cancel.is_set():  # the server is stopping: run it again after the restart
