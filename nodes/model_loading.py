@@ -127,7 +127,20 @@ _cache_lock = threading.Lock()
 
 
 class ModelLoadError(ValueError):
-    """A model source is missing, malformed, unsafe (a refused pickle) or of an unsupported kind."""
+    """A model source is missing, malformed, unsafe (a refused pickle) or of an unsupported kind; ``input`` names
+    the ``load_model`` input at fault (``source``, ``unet`` or ``unet_config``)."""
+
+    def __init__(self, message: str, input: str = "source") -> None:
+        super().__init__(message)
+        self.input = input
+
+
+def _unet_error(message: str) -> ModelLoadError:
+    return ModelLoadError(message, input="unet")
+
+
+def _unet_config_error(message: str) -> ModelLoadError:
+    return ModelLoadError(message, input="unet_config")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -273,19 +286,19 @@ def _resolve_unet_file(unet: str) -> tuple[Path, tuple[Any, ...]]:
     path = Path(unet).expanduser()
     if path.is_dir():
         folder = path.resolve()
-        files = scan_folder(folder, ModelLoadError)
+        files = scan_folder(folder, _unet_error)
         names = {f.relative for f in files}
         chosen = next((n for n in WEBUI_UNET_FILES if n in names), None)
         if chosen is None:
-            raise ModelLoadError(f"unet folder {unet!r} holds neither of {', '.join(WEBUI_UNET_FILES)} (an "
+            raise _unet_error(f"unet folder {unet!r} holds neither of {', '.join(WEBUI_UNET_FILES)} (an "
                                  "sd-webui-text2video / ModelScope folder such as zs2_576w/); give the weight file "
                                  "itself otherwise")
         return folder / chosen, (str(folder), chosen, _fingerprint(files))
     if not path.is_file():
-        raise ModelLoadError(f"unet file {unet!r} does not exist")
-    check_file(path, ModelLoadError)
+        raise _unet_error(f"unet file {unet!r} does not exist")
+    check_file(path, _unet_error)
     if path.suffix.lower() not in (*SAFETENSORS_SUFFIXES, *PICKLE_SUFFIXES):
-        raise ModelLoadError(f"unet file {unet!r}: unknown weight format {path.suffix or '(no extension)'}; use "
+        raise _unet_error(f"unet file {unet!r}: unknown weight format {path.suffix or '(no extension)'}; use "
                              ".safetensors, or .pth/.pt/.bin (read through torch.load(weights_only=True))")
     real = path.resolve()
     info = real.stat()
@@ -311,12 +324,12 @@ def _unet_config_candidates(folder: Path, unet_config: str | None) -> list[tuple
     if unet_config:
         path = Path(unet_config).expanduser()
         if path.is_dir():
-            scan_folder(path.resolve(), ModelLoadError)
+            scan_folder(path.resolve(), _unet_config_error)
             path = path / "config.json"
         if not path.is_file():
-            raise ModelLoadError(f"unet_config {unet_config!r}: no config.json there")
-        check_file(path, ModelLoadError)
-        config = read_config(path, path.parent, ModelLoadError)
+            raise _unet_config_error(f"unet_config {unet_config!r}: no config.json there")
+        check_file(path, _unet_config_error)
+        config = read_config(path, path.parent, _unet_config_error)
         return [(str(path), config)]
     out = []
     own = folder / "unet" / "config.json"
@@ -353,8 +366,10 @@ def _plan(folder: Path, index: dict[str, Any], files: list[FolderFile], variant:
         if component in present and name and "/" not in name:
             present[component].add(name)
     problems: list[str] = []
+    inputs: set[str] = set()
     parts: dict[str, _Part] = {}
     for component in _WEIGHT_COMPONENTS:
+        before = len(problems)
         where = f"{component}/"
         if component == "unet" and unet is not None:
             fmt = "safetensors" if unet.suffix.lower() in SAFETENSORS_SUFFIXES else "pickle"
@@ -367,13 +382,15 @@ def _plan(folder: Path, index: dict[str, Any], files: list[FolderFile], variant:
             chosen, problem = choose_weight_set(sets, variant, dtype, where, library)
             if problem is not None:
                 problems.append(problem)
-        if chosen is None:
-            continue
-        infos, read_problems = inspect_weight_set(chosen, where)
-        problems += read_problems
-        parts[component] = _Part(component, chosen, infos)
+        if chosen is not None:
+            infos, read_problems = inspect_weight_set(chosen, where)
+            problems += read_problems
+            parts[component] = _Part(component, chosen, infos)
+        if len(problems) > before:
+            inputs.add("unet" if component == "unet" and unet is not None else "source")
     if problems:
-        raise ModelLoadError(f"model folder {str(folder)!r} cannot be loaded: " + "; ".join(problems))
+        raise ModelLoadError(f"model folder {str(folder)!r} cannot be loaded: " + "; ".join(problems),
+                             input=inputs.pop() if len(inputs) == 1 else "source")
     return parts
 
 
@@ -444,11 +461,14 @@ def _build_parts(folder: Path, index: dict[str, Any], parts: dict[str, _Part],
     import transformers
 
     problems: list[str] = []
+    inputs: set[str] = set()
     for component, part in parts.items():
         where = f"{component}/ ({part.weights.describe()})"
+        before = len(problems)
         try:
             if component == "unet" and unet_configs is not None:
                 problems += _unet_fitting(part, unet_configs)
+                inputs |= {"unet"} if len(problems) > before else set()
                 continue
             if component == "text_encoder":
                 cls = getattr(transformers, index[component][1])
@@ -463,10 +483,13 @@ def _build_parts(folder: Path, index: dict[str, Any], parts: dict[str, _Part],
         except Exception as exc:
             problems.append(f"the {component} config does not describe a model that can be built: "
                             f"{type(exc).__name__}: {exc}")
+            inputs.add("source")
             continue
         problems += check_weight_set(part.weights, part.module, where, part.rename, part.fit, part.infos)
+        inputs |= {"source"} if len(problems) > before else set()
     if problems:
-        raise ModelLoadError(f"could not load the model {str(folder)!r}: " + "; ".join(problems))
+        raise ModelLoadError(f"could not load the model {str(folder)!r}: " + "; ".join(problems),
+                             input=inputs.pop() if len(inputs) == 1 else "source")
 
 
 def _estimate_bytes(folder: Path, index: dict[str, Any], parts: dict[str, _Part], dtype: torch.dtype,

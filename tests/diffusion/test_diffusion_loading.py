@@ -130,7 +130,7 @@ def test_refuses_missing_and_malformed_sources(tiny_dir: Path, tmp_path: Path) -
 
     single = tmp_path / "model.safetensors"
     single.write_bytes(b"x")
-    with pytest.raises(ModelLoadError, match="is a single weight file.* as unet"):
+    with pytest.raises(ModelLoadError, match=r"is a single weight file.* as unet"):
         load_model(str(single))
 
     bad_json = _copy(tiny_dir, tmp_path / "bad_json")
@@ -153,7 +153,7 @@ def test_refuses_missing_and_malformed_sources(tiny_dir: Path, tmp_path: Path) -
     corrupt = _copy(tiny_dir, tmp_path / "corrupt")
     weights = corrupt / "vae" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    with pytest.raises(ModelLoadError, match="vae/.*diffusion_pytorch_model.safetensors.*not a readable safetensors"):
+    with pytest.raises(ModelLoadError, match=r"vae/.*diffusion_pytorch_model.safetensors.*not a readable safetensors"):
         load_model(str(corrupt), device="cpu")
 
 
