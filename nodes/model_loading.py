@@ -305,10 +305,19 @@ def _resolve_unet_file(unet: str) -> tuple[Path, tuple[Any, ...]]:
     return real, (str(real), info.st_size, info.st_mtime_ns)
 
 
-def unet_fingerprint(unet: str | None) -> Any:
-    """What identifies a ``unet`` file's content (size and mtime; for a folder, of its files), for cache keys."""
+def unet_fingerprint(unet: str | None, config: bool = False) -> Any:
+    """What identifies a ``unet`` file's content (size and mtime; for a folder, of its files), or with
+    ``config=True`` a ``unet_config``'s (its ``config.json``), for cache keys."""
     if not unet:
         return None
+    if config:
+        path = Path(unet).expanduser()
+        path = path / "config.json" if path.is_dir() else path
+        try:
+            info = path.stat()
+        except OSError:
+            return [unet, None]
+        return [str(path.resolve()), info.st_size, info.st_mtime_ns]
     try:
         return list(_resolve_unet_file(unet)[1])
     except ModelLoadError:

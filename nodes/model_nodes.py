@@ -28,7 +28,7 @@ WeightPath = path_input()
 
 def _model_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
     return [source_fingerprint(values["source"]), unet_fingerprint(values.get("unet")),
-            unet_fingerprint(values.get("unet_config"))]
+            unet_fingerprint(values.get("unet_config"), config=True)]
 
 
 @node("load_model", category="models", fingerprint=_model_fingerprint)
