@@ -357,6 +357,9 @@ _MEMORY_SCRIPT = """
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
     before = rss("VmRSS:")
     module = load()
+    with torch.no_grad():  # read every weight once (a memory-mapped load would read its pages only now)
+        for tensor in module.state_dict().values():
+            tensor.sum()
     peak = rss("VmHWM:")
     nbytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     print(json.dumps({"peak": peak - before, "nbytes": nbytes, "dtype": str(module.dtype)}))
@@ -374,7 +377,8 @@ def _peak(kind: str, source: Path, dtype: str, tmp_path: Path) -> dict[str, Any]
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc peak-RSS reset")
 def test_loads_hold_no_more_than_the_weights(tiny_dir: Path, tmp_path: Path) -> None:
-    """A UNet3D of about 90 MB: its load peaks at most 1.2x the loaded weights (no random init, no second copy),
+    """A UNet3D of about 176 MB: its load (until every weight has been read once) peaks at most 1.2x the loaded
+    weights (no random init, no second copy),
     fp32 files loaded as float16 peak at most 0.6x the fp32 load (main: 1.13x, reading fp32 then casting), as do
     fp16 files; a single-file ControlNet also stays within 1.2x (main: 2.25x)."""
     import diffusers
