@@ -366,9 +366,10 @@ class _Part:
 
 
 def _plan(folder: Path, index: dict[str, Any], files: list[FolderFile], variant: str, dtype: torch.dtype,
-          unet: Path | None) -> dict[str, _Part]:
+          unet: Path | None) -> tuple[dict[str, _Part], ModelLoadError | None]:
     """Choose every weighted component's file set and read what the files hold (headers; pickles loaded
-    memory-mapped through ``torch.load(weights_only=True)``); raise one ``ModelLoadError`` with every problem."""
+    memory-mapped through ``torch.load(weights_only=True)``); the parts that could be planned, and one
+    ``ModelLoadError`` with every problem (None when there is none)."""
     present: dict[str, set[str]] = {c: set() for c in _WEIGHT_COMPONENTS}
     for f in files:
         component, _, name = f.relative.partition("/")
@@ -394,13 +395,26 @@ def _plan(folder: Path, index: dict[str, Any], files: list[FolderFile], variant:
         if chosen is not None:
             infos, read_problems = inspect_weight_set(chosen, where)
             problems += read_problems
-            parts[component] = _Part(component, chosen, infos)
+            if not read_problems:
+                parts[component] = _Part(component, chosen, infos)
         if len(problems) > before:
             inputs.add("unet" if component == "unet" and unet is not None else "source")
     if problems:
-        raise ModelLoadError(f"model folder {str(folder)!r} cannot be loaded: " + "; ".join(problems),
-                             input=inputs.pop() if len(inputs) == 1 else "source")
-    return parts
+        return parts, ModelLoadError(f"model folder {str(folder)!r} cannot be loaded: " + "; ".join(problems),
+                                     input=inputs.pop() if len(inputs) == 1 else "source")
+    return parts, None
+
+
+def _report_all(folder: Path, index: dict[str, Any], parts: dict[str, _Part], error: ModelLoadError,
+                unet: Path | None, unet_config: str | None) -> ModelLoadError:
+    """``error`` (the planning problems) with the problems the planned parts have against their configs too, so
+    a folder's problems are all reported at once (meta builds only: nothing is allocated)."""
+    try:
+        _build_parts(folder, index, parts, _unet_config_candidates(folder, unet_config) if unet else None)
+    except ModelLoadError as more:
+        message = f"{error}; {str(more).split(': ', 1)[1] if ': ' in str(more) else more}"
+        return ModelLoadError(message, input=error.input if error.input == more.input else "source")
+    return error
 
 
 def _text_encoder_renamer(expected: set[str]) -> Callable[[str], str | None]:
@@ -676,7 +690,9 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
     index = _read_index(folder)
     _check_configs(folder, files)
     unet_path, unet_print = _resolve_unet_file(unet) if unet else (None, None)
-    parts = _plan(folder, index, files, variant, torch_dtype, unet_path)
+    parts, problems = _plan(folder, index, files, variant, torch_dtype, unet_path)
+    if problems is not None:
+        raise _report_all(folder, index, parts, problems, unet_path, unet_config)
     key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile), variant,
            unet_print, unet_config, tuple((c, p.weights.files) for c, p in parts.items()), _fingerprint(files))
     with _cache_lock:

@@ -264,8 +264,11 @@ def test_every_problem_of_a_folder_is_reported_at_once(tiny_dir: Path, tmp_path:
     message = str(info.value)
     assert "vae/ has no weight files" in message
     assert "text_encoder/: the file model.safetensors was refused or is unreadable" in message
-    del state["conv_in.weight"], state["conv_out.bias"]  # now the unet's file lacks two weights
+    del state["conv_in.weight"], state["conv_out.bias"]  # the unet's file lacks two weights: reported as well
     torch.save(state, unet.with_suffix(".bin"))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(str(folder), device="cpu")
+    assert "vae/ has no weight files" in str(info.value) and "2 weight(s) the config needs" in str(info.value)
     torch.save(load_file(tiny_dir / "vae" / "diffusion_pytorch_model.safetensors"),
                folder / "vae" / "diffusion_pytorch_model.bin")
     shutil.copy(tiny_dir / "text_encoder" / "model.safetensors", folder / "text_encoder" / "model.safetensors")
