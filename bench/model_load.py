@@ -1,10 +1,11 @@
 """Model load time and peak memory: ``load_model`` against diffusers' ``TextToVideoSDPipeline.from_pretrained``.
 
 The benchmark builds its own model: the ModelScope 1.7B UNet3D architecture at half its width
-(``block_out_channels`` 160/320/640/640, everything else as shipped in ``nodes/configs``: 353 M parameters,
-1.4 GB in fp32), with random weights, next to ``builtin:tiny-random``'s small VAE, text encoder, tokenizer and
-scheduler. The full 1.41 B-parameter UNet (5.6 GB in fp32) would take this 2-core, 24 GiB machine several
-minutes per side just to build and read; memory and time scale linearly with the weights, so the ratios carry
+(``block_out_channels`` 160/320/640/640, everything else as in the shipped
+``nodes/models/modelscope-t2v-1.7b/unet/config.json``: 347 M parameters, 1.3 GiB in fp32), with random weights,
+next to ``builtin:tiny-random``'s small VAE, text encoder, tokenizer and scheduler. Building and writing the full
+1.41 B-parameter UNet's file sets (5.6 GB in fp32, an fp16 twin and a ``.bin`` copy) would take this 2-core,
+24 GiB machine several minutes; load memory and time scale linearly with the weights, so the ratios carry
 over. Its file sets, as the hub ships them:
 
 * ``fp32``: ``diffusion_pytorch_model.safetensors`` (with a ``*.fp16.safetensors`` twin beside it);

@@ -1,4 +1,4 @@
-"""The ``reelgraph`` command: run, validate, graph, nodes, schema, plugins, batch, cache, convert, errors.
+"""The ``reelgraph`` command: run, validate, graph, nodes, schema, plugins, batch, cache, errors.
 
 Exit codes: 0 success; 1 invalid workflow (every problem printed); 2 bad command line;
 3 a node failed; 130 interrupted. A traceback is shown only with ``--debug``.
@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print docs/errors.md")
     _add_plugin_args(p)
 
+    p = sub.add_parser("convert", help="write safetensors copies of a model's pickle weights (prints their sha256)")
+    p.add_argument("model", help="a model folder or a .bin/.pt/.pth/.ckpt file")
+    p.add_argument("--out", default=None, metavar="PATH", help="copy the converted model there instead (a new path)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     p = sub.add_parser("cache", help="inspect, check or trim a --cache-dir")
     p.add_argument("action", choices=["info", "verify", "prune"],
                    help="info: entries and size; verify: check every checksum (--repair removes bad entries); "
@@ -115,11 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", default="0", metavar="SIZE", type=_size_arg, help="prune down to SIZE (e.g. 5G)")
     p.add_argument("--repair", action="store_true", help="verify: remove the entries that fail")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-
-    p = sub.add_parser("convert", help="write safetensors copies of a model's pickle weights (prints their sha256)")
-    p.add_argument("model", help="a model folder or a .bin/.pt/.pth/.ckpt file")
-    p.add_argument("--out", default=None, metavar="PATH", help="copy the converted model there instead (a new path)")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     p = sub.add_parser("plugins", help="list plugins, their node types and load errors")
@@ -346,8 +346,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_usage(args)
-        if args.command in ("cache", "convert"):
-            return (_cmd_cache if args.command == "cache" else _cmd_convert)(args, None)
+        if args.command == "convert":  # models only: no engine, no plugins
+            return _cmd_convert(args, None)
+        if args.command == "cache":
+            return _cmd_cache(args, None)
         engine = Engine(args.plugin, cache_dir=getattr(args, "cache_dir", None),
                         cache_size=getattr(args, "cache_size", None))
         if args.command != "plugins":

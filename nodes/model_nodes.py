@@ -27,11 +27,18 @@ WeightPath = path_input()
 
 
 def _model_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
-    return [source_fingerprint(values["source"]), unet_fingerprint(values.get("unet")),
-            unet_fingerprint(values.get("unet_config"), config=True)]
+    return source_fingerprint(values["source"])
 
 
-@node("load_model", category="models", fingerprint=_model_fingerprint)
+def _load_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
+    """The source's fingerprint, and the content of the single UNet file and its config when given."""
+    unet, config = values.get("unet"), values.get("unet_config")
+    if unet is None and config is None:
+        return _model_fingerprint(values, ctx)
+    return [_model_fingerprint(values, ctx), unet_fingerprint(unet), unet_fingerprint(config, config=True)]
+
+
+@node("load_model", category="models", fingerprint=_load_fingerprint)
 def load_model(
     ctx: RunContext,
     source: ModelSource = "builtin:tiny",

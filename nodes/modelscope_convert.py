@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 #: The shipped diffusers config of ModelScope's 1.7B text-to-video UNet (also Zeroscope's and potat1's).
-MODELSCOPE_UNET_CONFIG = Path(__file__).resolve().parent / "configs" / "modelscope-t2v-unet.json"
+MODELSCOPE_UNET_CONFIG = Path(__file__).resolve().parent / "models" / "modelscope-t2v-1.7b" / "unet" / "config.json"
 #: The UNet file of an sd-webui-text2video / ModelScope folder, in the order they are preferred.
 WEBUI_UNET_FILES = ("text2video_pytorch_model.safetensors", "text2video_pytorch_model.pth")
 #: The prefix LDM-style full checkpoints put before the UNet's keys.
