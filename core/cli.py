@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="print docs/errors.md")
     _add_plugin_args(p)
 
+    p = sub.add_parser("convert", help="write safetensors copies of a model's pickle weights (prints their sha256)")
+    p.add_argument("model", help="a model folder or a .bin/.pt/.pth/.ckpt file")
+    p.add_argument("--out", default=None, metavar="PATH", help="copy the converted model there instead (a new path)")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
     p = sub.add_parser("cache", help="inspect, check or trim a --cache-dir")
     p.add_argument("action", choices=["info", "verify", "prune"],
                    help="info: entries and size; verify: check every checksum (--repair removes bad entries); "
@@ -352,6 +357,17 @@ def _cmd_cache(args: argparse.Namespace, engine: Engine | None) -> int:
     return EXIT_OK
 
 
+def _cmd_convert(args: argparse.Namespace, engine: Engine | None) -> int:
+    from .nodes.convert import ConvertError, convert_lines
+
+    try:
+        lines = convert_lines(args.model, args.out)
+    except ConvertError as exc:
+        raise UsageError(str(exc)) from exc
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 COMMANDS = {
     "batch": cmd_batch,
     "cache": _cmd_cache,
@@ -385,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         _check_usage(args)
+        if args.command == "convert":  # models only: no engine, no plugins
+            return _cmd_convert(args, None)
         if args.command == "cache":
             return _cmd_cache(args, None)
         if args.command == "serve":  # builds its own engines (one per worker)

@@ -17,9 +17,11 @@ file sizes and mtimes: same handle), and never modified.
 
 A ControlNet source is data, checked like a model folder before diffusers reads it (``model_safety``; see
 ``model_loading``'s docstring): the folder's entries (links, special files), configs without ``auto_map`` /
-``custom_pipeline``, the class ``ControlNetModel`` only, ``local_files_only=True``, and, with a memory limit,
-the size its config describes (built on the ``meta`` device) before any real module is built. The config
-beside a single ``.safetensors`` file follows the same link rule as a folder's files.
+``custom_pipeline``, the class ``ControlNetModel`` only, and, with a memory limit, the size its config
+describes (built on the ``meta`` device) before any real module is built. The config beside a single weight
+file follows the same link rule as a folder's files. Weights are read like a model folder's (``model_files``):
+safetensors streamed, pickles only through ``torch.load(weights_only=True)``, checked against the module built
+on the meta device and loaded into it, so a load never allocates random weights nor holds a second copy.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from .model_safety import (
     module_bytes,
     read_config,
     scan_folder,
-    weight_file_bytes,
 )
 from .values import Conditioning, Control, ControlNet, UNet3D
 
@@ -62,7 +63,7 @@ _cache_lock = threading.Lock()
 
 
 class ControlNetLoadError(ValueError):
-    """A ControlNet source is missing, malformed, unsafe (pickle-only weights) or not a ``ControlNetModel``."""
+    """A ControlNet source is missing, malformed, unsafe (a refused pickle) or not a ``ControlNetModel``."""
 
 
 class ControlError(ValueError):
@@ -147,10 +148,35 @@ def _check_size(build: Any, files_bytes: int, dtype: torch.dtype, limit: int | N
                                   f"{type(exc).__name__}: {exc}") from exc
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, max_bytes: int | None = None) -> Any:
-    """Load a diffusers ControlNet folder from safetensors (pickle-only folders are refused), after checking
-    its entries and configs and, with ``max_bytes``, the size its config describes."""
+def _load_checked(weights: Any, config: dict[str, Any], dtype: torch.dtype, where: str, infos: Any = None) -> Any:
+    """Build the ``ControlNetModel`` of ``config`` on the meta device, check the file set against it (every
+    problem at once) and fill it from the files, cast once to ``dtype``: no random weights, no second copy."""
     from diffusers import ControlNetModel
+
+    from .model_files import build_on_meta, check_weight_set, load_weight_set
+    from .weights import WeightsError
+
+    try:
+        module = build_on_meta(lambda: ControlNetModel.from_config(config))
+    except Exception as exc:
+        raise ControlNetLoadError(f"the config of {where} does not describe a ControlNet that can be built: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+    problems = check_weight_set(weights, module, where, infos=infos)
+    if problems:
+        raise ControlNetLoadError(f"could not load the ControlNet {where}: " + "; ".join(problems))
+    try:
+        return load_weight_set(weights, module, dtype)
+    except (WeightsError, RuntimeError) as exc:
+        raise ControlNetLoadError(f"could not load the ControlNet in {where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, max_bytes: int | None = None) -> Any:
+    """Load a diffusers ControlNet folder (safetensors, else a pickle read through ``torch.load(weights_only=True)``;
+    the variant stored in ``dtype`` when there is one), after checking its entries and configs and, with
+    ``max_bytes``, the size its config describes."""
+    from diffusers import ControlNetModel
+
+    from .model_files import choose_weight_set, find_weight_sets, inspect_weight_set
 
     entries = _scan(folder)
     config_path = folder / "config.json"
@@ -159,33 +185,28 @@ def _load_folder(folder: Path, dtype: torch.dtype, max_bytes: int | None = None)
     for relative in config_files(entries):
         read_config(folder / relative, folder, ControlNetLoadError)
     config = _read_config(config_path)
-    files = [p.name for p in folder.iterdir() if p.is_file()]
-    if not any(name.endswith(".safetensors") for name in files):
-        pickles = sorted(n for n in files if n.endswith(_PICKLE_SUFFIXES))
-        if pickles:
-            raise ControlNetLoadError(
-                f"{folder} has only pickle weights ({', '.join(pickles)}). reelgraph loads safetensors only, "
-                "because unpickling can run code. Convert once: safetensors.torch.save_file(torch.load(path, "
-                "weights_only=True), 'diffusion_pytorch_model.safetensors')."
-            )
-        raise ControlNetLoadError(f"{folder} has no weight file (*.safetensors)")
-    on_disk = weight_file_bytes(entries, "", ("diffusion_pytorch_model.safetensors",))
-    _check_size(lambda: ControlNetModel.from_config(config), on_disk, dtype, max_bytes, folder)
-    try:
-        return ControlNetModel.from_pretrained(folder, use_safetensors=True, torch_dtype=dtype, local_files_only=True)
-    except Exception as exc:
-        raise ControlNetLoadError(f"could not load the ControlNet in {folder}: {type(exc).__name__}: {exc}") from exc
+    present = {f.relative for f in entries if "/" not in f.relative}
+    sets, problems = find_weight_sets(folder, "diffusers", present)
+    chosen, problem = choose_weight_set(sets, "auto", dtype, str(folder))
+    if chosen is None:
+        raise ControlNetLoadError("; ".join([*problems, problem or f"{folder} has no weight file"]))
+    infos, problems = inspect_weight_set(chosen, str(folder))
+    if problems:
+        raise ControlNetLoadError("; ".join(problems))
+    _check_size(lambda: ControlNetModel.from_config(config), chosen.nbytes, dtype, max_bytes, folder)
+    return _load_checked(chosen, config, dtype, str(folder), infos)
 
 
 def _load_single_file(path: Path, dtype: torch.dtype, max_bytes: int | None = None) -> Any:
     """Load a single-file ControlNet in diffusers key layout, with its config beside it.
 
     Weight files carry no architecture, so the config comes from ``<stem>.json`` or ``config.json`` next to
-    the file. The weights are read by :func:`reelgraph.nodes.weights.load_state_dict`.
+    the file. The weights are read by :mod:`reelgraph.nodes.weights` (pickles through
+    ``torch.load(weights_only=True)``) into a module built on the meta device.
     """
     from diffusers import ControlNetModel
 
-    from .weights import WeightsError, load_state_dict
+    from .model_files import WeightSet, inspect_weight_set
 
     candidates = _config_candidates(path)
     config_path = next((c for c in candidates if c.is_file()), None)
@@ -196,41 +217,36 @@ def _load_single_file(path: Path, dtype: torch.dtype, max_bytes: int | None = No
     config = _read_config(config_path)
     kwargs = {k: v for k, v in config.items() if not k.startswith("_")}
     _check_size(lambda: ControlNetModel.from_config(kwargs), path.stat().st_size, dtype, max_bytes, path)
-    try:
-        state = load_state_dict(path)
-    except WeightsError as exc:
-        raise ControlNetLoadError(str(exc)) from exc
-    if any(k.startswith(("control_model.", "input_hint_block.")) for k in state):
+    weights = WeightSet(path.parent, None, "safetensors" if path.suffix.lower() == ".safetensors" else "pickle",
+                        (path,))
+    infos, problems = inspect_weight_set(weights, str(path))
+    if problems:
+        raise ControlNetLoadError("; ".join(problems))
+    if any(k.startswith(("control_model.", "input_hint_block.")) for k in infos[path]):
         raise ControlNetLoadError(
             f"{path} is in the original (LDM) ControlNet layout; convert it once to a diffusers folder (e.g. "
             "diffusers' ControlNetModel.from_single_file(...).save_pretrained(folder)) and load the folder"
         )
-    model = ControlNetModel.from_config(kwargs)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ControlNetLoadError(f"{path} does not fit its config {config_path.name}: {exc}") from exc
-    return model.to(dtype)
+    return _load_checked(weights, kwargs, dtype, f"{path} (config {config_path.name})", infos)
 
 
 def load_controlnet(source: str, device: str = "auto", dtype: str = "float32",
                     max_bytes: int | None = None) -> ControlNet:
-    """Load a ``ControlNetModel`` from a diffusers folder, a single ``.safetensors`` file (config beside it) or
+    """Load a ``ControlNetModel`` from a diffusers folder, a single weight file (config beside it) or
     ``builtin:tiny`` onto ``device`` in ``dtype``; cached per process (treat the module as read-only).
 
-    Raises ``ControlNetLoadError`` for a missing, malformed or unsafe source (see the module docstring),
-    pickle-only weights or another class, and ``ModelTooLarge`` when its config describes more than
-    ``max_bytes`` (the run's memory limit; None: no limit).
+    Raises ``ControlNetLoadError`` for a missing, malformed or unsafe source (see the module docstring), a
+    refused pickle, weights that do not fit the config, or another class, and ``ModelTooLarge`` when its config
+    describes more than ``max_bytes`` (the run's memory limit; None: no limit).
     """
     from .model_loading import quiet_hf_libraries, resolve_device, resolve_dtype
 
     if not isinstance(source, str) or not source:
         raise ControlNetLoadError(f"ControlNet source must be a non-empty string, got {source!r}")
     path = _resolve(source)
-    if path.is_file() and not path.name.endswith(".safetensors"):
-        if path.name.endswith(_PICKLE_SUFFIXES):
-            raise ControlNetLoadError(f"{path} is a pickle file; reelgraph loads ControlNets from safetensors only")
-        raise ControlNetLoadError(f"{path} is neither a diffusers ControlNet folder nor a .safetensors file")
+    if path.is_file() and not path.name.endswith((".safetensors", *_PICKLE_SUFFIXES)):
+        raise ControlNetLoadError(f"{path} is neither a diffusers ControlNet folder nor a weight file (.safetensors, "
+                                  "or .bin/.pt/.pth read through torch.load(weights_only=True))")
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     key = (source, str(path), resolved_device, str(torch_dtype), _files_fingerprint(path))

@@ -40,9 +40,11 @@ def load_controlnet(
     refused with ``too_large`` when its config exceeds the memory limit, before it is allocated.
 
     Args:
-        source: a diffusers ControlNet folder (``config.json`` + safetensors), a single ``.safetensors`` file
-            in diffusers layout with its ``config.json`` (or ``<stem>.json``) beside it, or ``builtin:tiny``,
-            a small random ControlNet matching ``builtin:tiny``'s UNet3D, built locally on first use.
+        source: a diffusers ControlNet folder (``config.json`` + safetensors, or a ``.bin`` read through
+            ``torch.load(weights_only=True)``), a single weight file in diffusers layout with its ``config.json``
+            (or ``<stem>.json``) beside it, or ``builtin:tiny``, a small random ControlNet matching
+            ``builtin:tiny``'s UNet3D, built locally on first use. The module is built on the meta device and
+            filled from the file, so a load holds the weights once.
         device: ``auto`` picks CUDA when available, else the CPU.
         dtype: the weights' precision; ``float32`` on CPU.
     """

@@ -26,6 +26,15 @@ Formats (keys are validated, and any key that is not understood or matches no la
   replaced by underscores, so temporal attention (``temp_attentions``), temporal convolutions and
   ``transformer_in`` map like any other layer. Text-encoder names may carry CLIP's ``text_model.`` prefix,
   which transformers 5 no longer has.
+* Text-To-Video-Finetuning (its Stable-LoRA, loralib-style files): ``<module>.lora_A`` / ``<module>.lora_B``
+  without ``.weight``, alpha equal to the rank. Its ``full_weights/`` files use diffusers' UNet names (and
+  transformers 4's ``text_model.…`` names in the ``_text`` file); its webui files use ModelScope's original UNet
+  names (``input_blocks.1.1.…``, mapped by ``modelscope_convert.unet_module_name``, including the spellings its
+  converter gives the first mid-block resnet and the upsamplers) and OpenCLIP's text names
+  (``resblocks.<i>.attn.q_proj``, ``.mlp.c_fc`` …), in fp16. Convolutions keep loralib's layout: ``lora_B @
+  lora_A`` (``[out*k, r*k] @ [r*k, in*k]``) viewed as the ``k x k`` kernel, and for the ``(k, 1, 1)`` temporal
+  convolutions viewed as ``[out, in, k, k, 1]`` and averaged over the fourth axis, as its ``Conv2d`` / ``Conv3d``
+  layers compute them.
 
 A LoRA file is data from a stranger. Its ``alpha_pattern`` keys are never run as regular expressions (PEFT
 does, and a pattern such as ``(\w+\.?)+X`` takes exponential time on an ordinary module name): a key is a
@@ -85,7 +94,12 @@ _DIFFUSERS_SUFFIXES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^(?P<mod>.+)\.lora(?:_linear_layer)?\.down\.weight$"), "down"),
     (re.compile(r"^(?P<mod>.+)\.lora(?:_linear_layer)?\.up\.weight$"), "up"),
     (re.compile(r"^(?P<mod>.+)\.alpha$"), "alpha"),
+    (re.compile(r"^(?P<mod>.+)\.lora_A$"), "down_loralib"),
+    (re.compile(r"^(?P<mod>.+)\.lora_B$"), "up_loralib"),
 )
+#: Unprefixed names that belong to the text encoder: transformers 4's CLIP names, transformers 5's, and the
+#: OpenCLIP names of Text-To-Video-Finetuning's webui files.
+_TEXT_NAMES = ("text_model.", "encoder.layers.", "resblocks.", "transformer.resblocks.")
 _PROCESSOR = re.compile(r"^(?P<base>.+)\.processor\.(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<role>down|up)\.weight$")
 _KOHYA = re.compile(r"^lora_(?P<comp>unet|te)_(?P<mod>[^.]+)\.(?P<role>lora_down\.weight|lora_up\.weight|alpha)$")
 _KOHYA_ROLES = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
@@ -111,11 +125,36 @@ class LoraWeights:
     down: torch.Tensor
     up: torch.Tensor
     alpha: float
+    #: ``lora``: a convolution's ``down`` carries the kernel (``[r, in, *kernel]``); ``loralib``: Text-To-Video-
+    #: Finetuning's convolutions, ``up @ down`` viewed as the kernel (see the module docstring).
+    layout: str = "lora"
 
     @property
     def rank(self) -> int:
         """The LoRA rank ``r`` (rows of ``down``)."""
         return int(self.down.shape[0])
+
+    def _loralib_kernel(self, weight: torch.Tensor) -> int | None:
+        """The kernel size ``k`` of a loralib convolution whose factors fit ``weight``, or None (then the plain
+        ``up @ down`` rule applies: linear layers and 1x1 convolutions)."""
+        if self.layout != "loralib" or weight.ndim not in (4, 5) or self.up.ndim != 2 or self.down.ndim != 2:
+            return None
+        k = int(weight.shape[2])
+        square = tuple(weight.shape[2:]) == (k, k) if weight.ndim == 4 else tuple(weight.shape[3:]) == (1, 1)
+        if not square or k == 1:
+            return None
+        out, inp = int(weight.shape[0]), int(weight.shape[1])
+        fits = (int(self.up.shape[0]) == out * k and int(self.down.shape[1]) == inp * k
+                and int(self.up.shape[1]) == int(self.down.shape[0]))
+        return k if fits else None
+
+    def fits(self, weight: torch.Tensor) -> bool:
+        """Whether ``up`` and ``down`` can adapt ``weight``."""
+        if self._loralib_kernel(weight) is not None:
+            return True
+        up, down = self.up, self.down
+        return (up.ndim >= 2 and down.ndim >= 2 and int(up.shape[0]) == int(weight.shape[0])
+                and int(up.shape[1]) == self.rank and up[0, 0].numel() == 1 and down[0].numel() == weight[0].numel())
 
     def delta(self, weight: torch.Tensor, scale: float) -> torch.Tensor:
         """``scale * (alpha / rank) * up @ down`` shaped like ``weight``, in float32 on its device."""
@@ -123,7 +162,12 @@ class LoraWeights:
 
         up = self.up.to(device=weight.device, dtype=torch.float32).flatten(1)
         down = self.down.to(device=weight.device, dtype=torch.float32).flatten(1)
-        return (scale * (self.alpha / self.rank)) * (up @ down).reshape(weight.shape)
+        product = up @ down
+        k = self._loralib_kernel(weight)
+        if k is not None and weight.ndim == 5:
+            out, inp = int(weight.shape[0]), int(weight.shape[1])
+            product = product.reshape(out, inp, k, k, 1).mean(dim=-2, keepdim=True)
+        return (scale * (self.alpha / self.rank)) * product.reshape(weight.shape)
 
 
 @dataclass
@@ -386,7 +430,7 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None =
                 alpha_keys[(component, m["mod"])] = key
             continue
         name = key.removeprefix("base_model.model.")
-        component = "unet"
+        component = "text_encoder" if name.startswith(_TEXT_NAMES) else "unet"
         for prefix in COMPONENTS:
             if name.startswith(prefix + "."):
                 component, name = prefix, name[len(prefix) + 1:]
@@ -399,7 +443,11 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None =
         for pattern, role in _DIFFUSERS_SUFFIXES:
             m = pattern.match(name)
             if m is not None:
-                parts.setdefault((component, m["mod"]), {})[role] = tensor
+                entry = parts.setdefault((component, m["mod"]), {})
+                if role.endswith("_loralib"):
+                    role = role.removesuffix("_loralib")
+                    entry["layout"] = "loralib"
+                entry[role] = tensor
                 if role == "alpha":
                     alpha_keys[(component, m["mod"])] = key
                 break
@@ -407,10 +455,14 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None =
             unknown.append(key)
     if unknown:
         raise LoraError(f"{len(unknown)} key(s) are not LoRA down/up/alpha weights of a supported format (diffusers/"
-                        f"PEFT lora_A/lora_B, or kohya lora_down/lora_up/alpha): {_listing(sorted(unknown))}")
-    out = LoraFile(format="kohya" if kohya else "diffusers", kohya_keys=kohya)
+                        f"PEFT lora_A/lora_B, Text-To-Video-Finetuning lora_A/lora_B, or kohya lora_down/lora_up/"
+                        f"alpha): {_listing(sorted(unknown))}")
+    loralib = any("layout" in roles for roles in parts.values())
+    out = LoraFile(format="kohya" if kohya else "text-to-video-finetuning" if loralib else "diffusers",
+                   kohya_keys=kohya)
     incomplete: list[str] = []
-    for (component, module), roles in sorted(parts.items()):
+    for (component, module), roles in sorted(parts.items(), key=lambda item: item[0]):
+        layout = roles.pop("layout", "lora")
         if "down" not in roles or "up" not in roles:
             incomplete.append(f"{module} (has only {', '.join(sorted(roles))})")
             continue
@@ -420,7 +472,7 @@ def parse_lora(state: dict[str, torch.Tensor], metadata: dict[str, Any] | None =
             alpha = _tensor_alpha(roles["alpha"], alpha_keys[(component, module)])
         else:
             alpha = rules[component].alpha(module, rank)
-        out.layers[component][module] = LoraWeights(down=down, up=up, alpha=alpha)
+        out.layers[component][module] = LoraWeights(down=down, up=up, alpha=alpha, layout=layout)
     if incomplete:
         raise LoraError(f"{len(incomplete)} layer(s) lack their down or up matrix: {_listing(incomplete)}")
     if not len(out):
@@ -472,6 +524,31 @@ def _adaptable(model: Any) -> dict[str, Any]:
     return {name: module for name, module in model.named_modules() if isinstance(module, kinds)}
 
 
+_OPENCLIP_TEXT = (("resblocks.", "encoder.layers."), (".attn.", ".self_attn."), (".mlp.c_fc", ".mlp.fc1"),
+                  (".mlp.c_proj", ".mlp.fc2"))
+
+
+def _other_layouts(key: str, model: Any, component: str) -> list[str]:
+    """The model's names for a module named in another layout: ModelScope's original UNet names, or the OpenCLIP
+    text names of Text-To-Video-Finetuning's webui files (``[transformer.]resblocks.<i>.attn.q_proj`` …)."""
+    if component == "unet":
+        config = getattr(model, "config", None)
+        if config is None or "down_block_types" not in config:
+            return []
+        from .modelscope_convert import is_original_layout, unet_module_name
+
+        if not is_original_layout([key]):
+            return []
+        name = unet_module_name(key, config, lenient=True)
+        return [name] if name else []
+    name = key.removeprefix("transformer.")
+    if not name.startswith("resblocks."):
+        return []
+    for old, new in _OPENCLIP_TEXT:
+        name = name.replace(old, new)
+    return [name, "text_model." + name]
+
+
 def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, kohya: bool) -> dict[str, LoraWeights]:
     """Map one component's LoRA layers onto ``model``'s module names, checking every shape.
 
@@ -491,6 +568,8 @@ def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, koh
         prefix = "text_model_" if kohya else "text_model."
         if component == "text_encoder" and key.startswith(prefix):
             candidates.append(key[len(prefix):])
+        if not kohya:
+            candidates += _other_layouts(key, model, component)
         name = None
         for candidate in candidates:
             name = by_underscore.get(candidate) if kohya else (candidate if candidate in modules else None)
@@ -501,12 +580,7 @@ def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, koh
             continue
         weight = modules[name].weight
         down, up = weights.down, weights.up
-        fits = (
-            up.ndim >= 2 and down.ndim >= 2 and int(up.shape[0]) == int(weight.shape[0])
-            and int(up.shape[1]) == weights.rank and up[0, 0].numel() == 1
-            and down[0].numel() == weight[0].numel()
-        )
-        if not fits:
+        if not weights.fits(weight):
             misfits.append(f"{name}: weight {tuple(weight.shape)}, up {tuple(up.shape)}, down {tuple(down.shape)}")
             continue
         resolved[name] = weights

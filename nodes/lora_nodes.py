@@ -98,10 +98,11 @@ def load_lora(
     Args:
         unet: the UNet3D to adapt (``load_model.unet`` or another ``load_lora.unet``).
         text_encoder: the text encoder to adapt (returned as is when the LoRA has no text-encoder part).
-        source: a ``.safetensors`` LoRA file in diffusers/PEFT (``lora_A``/``lora_B``) or kohya/A1111
-            (``lora_down``/``lora_up``/``alpha``) format, or ``builtin:tiny-lora``, a small LoRA for
-            ``builtin:tiny`` generated reproducibly on first use. Pickle files load only if they hold
-            nothing but tensors. Leave empty when ``lora`` is linked.
+        source: a ``.safetensors`` LoRA file in diffusers/PEFT (``lora_A``/``lora_B``), kohya/A1111
+            (``lora_down``/``lora_up``/``alpha``) or Text-To-Video-Finetuning format (its ``full_weights`` files
+            and its webui files with ModelScope's ``input_blocks.*`` names; see docs/models.md), or
+            ``builtin:tiny-lora``, a small LoRA for ``builtin:tiny`` generated reproducibly on first use.
+            Pickle files load only if they hold nothing but tensors. Leave empty when ``lora`` is linked.
         scale_unet: multiplier of the UNet3D part; 0 leaves the UNet3D unchanged.
         scale_text: multiplier of the text-encoder part; 0 leaves the text encoder unchanged.
         lora: an in-memory LoRA from a link (``tune_video.lora``) instead of a file; applied exactly as the

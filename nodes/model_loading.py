@@ -2,14 +2,22 @@
 
 Sources are either a diffusers folder in the ModelScope ``TextToVideoSDPipeline`` layout (a
 ``model_index.json`` next to ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/``) or
-``builtin:tiny`` (see ``tiny_models``). Weights are read from safetensors only: pickle checkpoints
-(``.bin``/``.pt``/``.ckpt``) can run code when unpickled, so a folder that only has those is refused with a
-message saying how to convert it. Single-file checkpoints are refused too: diffusers' ``from_single_file``
-has no conversion for ``UNet3DConditionModel`` or the text-to-video pipelines.
+``builtin:tiny`` (see ``tiny_models``); ``unet=`` replaces the folder's UNet3D by a single file in ModelScope's
+original layout (``text2video_pytorch_model.pth`` / ``.safetensors``, see ``modelscope_convert``) or in diffusers'
+layout, or by an sd-webui-text2video folder (``zs2_576w/``) holding such a file.
 
-Loaded models are cached per process, keyed by the source id, the resolved folder, the device, the dtype and
-the size and mtime of every file in the folder, so the same source is loaded once and an edited folder is
-reloaded.
+**Weights** (see ``model_files``): each component reads one file set, chosen by ``variant`` (``auto``: the
+files stored in the requested ``dtype`` when the folder has them, e.g. ``*.fp16.safetensors`` for float16, else
+what exists), safetensors before pickles; ``.bin`` / ``.pt`` files are read only through
+``torch.load(weights_only=True)``, which refuses a pickle that would run code. Every component's files are
+checked (readable, refused pickles, the weights its config needs, their shapes) before anything is built, and
+all problems of a folder are reported together. Modules are built on torch's ``meta`` device and filled with
+the file tensors, each cast once from its stored precision (``load_state_dict(assign=True)``): nothing random is
+allocated, no second copy is held, and fp16 files load into fp16 without an fp32 detour.
+
+Loaded models are cached per process, keyed by the source id, the resolved folder, the device, the dtype, the
+variant, the UNet file and the size and mtime of every file, so the same source is loaded once and an edited
+folder is reloaded.
 
 A model folder is data from a stranger, and nothing in it runs. Before any diffusers or transformers call
 (see ``model_safety``):
@@ -18,7 +26,9 @@ A model folder is data from a stranger, and nothing in it runs. Before any diffu
   ``UNet3DConditionModel``, ``AutoencoderKL``, a CLIP text model, a CLIP tokenizer and one of the diffusers
   noise schedulers in ``values.SCHEDULER_CLASSES``. The allowed class is instantiated directly, never through
   an ``Auto*`` class that dispatches on the folder's content; transformers gets ``trust_remote_code=False``
-  and every loader ``local_files_only=True``.
+  and every loader ``local_files_only=True``. A diffusers slot may name its library as a diffusers module path
+  (zeroscope_v2_XL's index says ``models.unet_3d_condition``): nothing is imported from it, the class still
+  comes from the allow-list.
 * **No remote code**: a config (``model_index.json``, ``config.json``, ``*_config.json``) holding ``auto_map``
   or ``custom_pipeline`` is refused, naming the file and the key; a ``.py`` in the folder is never imported.
 * **Size before allocation**: with a memory limit (``max_bytes``, the run's ``--max-memory``), the UNet, VAE
@@ -34,33 +44,49 @@ A model folder is data from a stranger, and nothing in it runs. Before any diffu
   the same message whether the target (or anything on the way to it) exists or not.
   Special files (FIFOs, devices, sockets) are refused too: reading one could block forever. Hard links
   cannot be told apart from copies and are read like any file; the check is made once, before loading, so a
-  folder that someone rewrites while it loads is out of its reach.
+  folder that someone rewrites while it loads is out of its reach. A single UNet file follows the same rule
+  (a regular file, or a link inside its folder).
 """
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .model_files import (
+    VARIANTS,
+    WeightSet,
+    build_on_meta,
+    check_weight_set,
+    choose_weight_set,
+    find_weight_sets,
+    inspect_weight_set,
+    load_weight_set,
+)
 from .model_safety import (
     FolderFile,
     ModelTooLarge,
     check_budget,
     check_class,
+    check_file,
     config_files,
     module_bytes,
     read_config,
     scan_folder,
-    weight_file_bytes,
 )
 from .values import SCHEDULER_CLASSES, VAE, Scheduler, TextEncoder, UNet3D
+from .weights import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, TensorInfo
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "ALLOWED_CLASSES",
+    "VARIANTS",
     "ModelLoadError",
     "ModelTooLarge",
     "clear_model_cache",
@@ -68,14 +94,18 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "source_fingerprint",
+    "unet_fingerprint",
 ]
 
 _COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder")
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_SINGLE_FILE_SUFFIXES = (".safetensors", *_PICKLE_SUFFIXES)
+_SINGLE_FILE_SUFFIXES = (*SAFETENSORS_SUFFIXES, *PICKLE_SUFFIXES, ".pkl")
 _DTYPES = ("float32", "float16", "bfloat16")
 _MEMORY_FORMATS = ("contiguous", "channels_last")
+#: How a diffusers slot of ``model_index.json`` may name its library besides ``diffusers``: a module path inside
+#: diffusers, as early diffusers versions wrote it (zeroscope_v2_XL: ``models.unet_3d_condition``). It is only a
+#: label: the class comes from :data:`ALLOWED_CLASSES` and nothing is imported from the path.
+_DIFFUSERS_MODULE_PATH = re.compile(r"^(diffusers\.)?(models|pipelines)(\.[a-z][a-z0-9_]*){1,3}$")
 
 #: What ``model_index.json`` may name in each slot: ``(library, classes)``. These are the classes the
 #: ModelScope / Zeroscope text-to-video folders (and the Stable Diffusion folders they derive from) use and
@@ -87,9 +117,6 @@ ALLOWED_CLASSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tokenizer": ("transformers", ("CLIPTokenizer", "CLIPTokenizerFast")),
     "scheduler": ("diffusers", SCHEDULER_CLASSES),
 }
-#: The weight file each weighted component loads (or its shards ``<stem>-NNNNN-of-NNNNN.safetensors``).
-_WEIGHT_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
-                 "text_encoder": "model.safetensors"}
 #: Bytes a scheduler holds per training timestep (a handful of float64 tables), for the memory estimate.
 _SCHEDULER_BYTES_PER_STEP = 64
 
@@ -100,7 +127,20 @@ _cache_lock = threading.Lock()
 
 
 class ModelLoadError(ValueError):
-    """A model source is missing, malformed, unsafe (pickle-only weights) or of an unsupported kind."""
+    """A model source is missing, malformed, unsafe (a refused pickle) or of an unsupported kind; ``input`` names
+    the ``load_model`` input at fault (``source``, ``unet`` or ``unet_config``)."""
+
+    def __init__(self, message: str, input: str = "source") -> None:
+        super().__init__(message)
+        self.input = input
+
+
+def _unet_error(message: str) -> ModelLoadError:
+    return ModelLoadError(message, input="unet")
+
+
+def _unet_config_error(message: str) -> ModelLoadError:
+    return ModelLoadError(message, input="unet_config")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -151,10 +191,10 @@ def _resolve_folder(source: str) -> Path:
     if path.is_file():
         if path.suffix.lower() in _SINGLE_FILE_SUFFIXES:
             raise ModelLoadError(
-                f"{source!r} is a single-file checkpoint. Single-file loading is not supported for text-to-video "
-                "models: diffusers' from_single_file has no conversion for UNet3DConditionModel or "
-                "TextToVideoSDPipeline. Use a diffusers folder (model_index.json with unet/, vae/, "
-                "text_encoder/, tokenizer/, scheduler/) instead."
+                f"{source!r} is a single weight file. A text-to-video model needs a VAE, a text encoder, a tokenizer "
+                "and a scheduler besides its UNet3D: give a diffusers folder (model_index.json with unet/, vae/, "
+                "text_encoder/, tokenizer/, scheduler/) as source and this file as unet (a UNet3D in ModelScope's "
+                "original layout, text2video_pytorch_model.pth, or in diffusers' layout). See docs/models.md."
             )
         raise ModelLoadError(f"{source!r} is a file, not a diffusers model folder")
     if not path.is_dir():
@@ -173,6 +213,15 @@ def _check_configs(folder: Path, files: list[FolderFile]) -> None:
         read_config(folder / relative, folder, ModelLoadError)
 
 
+def _library_ok(component: str, library: Any) -> bool:
+    """Whether the library named for a slot is the allowed class's: ``diffusers`` (or a module path inside it,
+    see ``_DIFFUSERS_MODULE_PATH``) or ``transformers``."""
+    wanted = ALLOWED_CLASSES[component][0]
+    if library == wanted:
+        return True
+    return wanted == "diffusers" and isinstance(library, str) and bool(_DIFFUSERS_MODULE_PATH.match(library))
+
+
 def _read_index(folder: Path) -> dict[str, Any]:
     """Read and validate ``model_index.json``: every component present, each naming an allowed class."""
     index_path = folder / "model_index.json"
@@ -189,31 +238,13 @@ def _read_index(folder: Path) -> dict[str, Any]:
         if component == "scheduler" and name is None:
             continue  # the class comes from scheduler_config.json's _class_name (checked when it is read)
         check_class(f"model folder {str(folder)!r}: model_index.json", component, name, classes, ModelLoadError)
-        if index[component][0] != library:
+        if not _library_ok(component, index[component][0]):
             raise ModelLoadError(f"model folder {str(folder)!r}: model_index.json: the {component} slot names the "
                                  f"library {index[component][0]!r}; {name} comes from {library!r}")
     for component in _COMPONENTS:
         if not (folder / component).is_dir():
             raise ModelLoadError(f"{folder} lacks the {component}/ folder named in model_index.json")
     return index
-
-
-def _check_weights(folder: Path) -> None:
-    """Refuse components whose weights exist only in pickle formats, or not at all."""
-    for component in _WEIGHT_COMPONENTS:
-        sub = folder / component
-        files = [p for p in sub.iterdir() if p.is_file()]
-        if any(p.name.endswith(".safetensors") for p in files):
-            continue
-        pickles = sorted(p.name for p in files if p.suffix.lower() in _PICKLE_SUFFIXES)
-        if pickles:
-            raise ModelLoadError(
-                f"{sub} has only pickle weights ({', '.join(pickles)}). reelgraph loads safetensors only, because "
-                "unpickling a checkpoint can run arbitrary code. Convert it once, e.g. "
-                "safetensors.torch.save_file(torch.load(path, weights_only=True), "
-                "'diffusion_pytorch_model.safetensors') (model.safetensors for the text encoder)."
-            )
-        raise ModelLoadError(f"{sub} has no weight file (*.safetensors)")
 
 
 def _fingerprint(files: list[FolderFile]) -> tuple[tuple[str, int, int], ...]:
@@ -244,13 +275,253 @@ def source_fingerprint(source: str) -> list[Any]:
     return [str(path.resolve()), [list(e) for e in _fingerprint(files)]]
 
 
-def _estimate_bytes(folder: Path, index: dict[str, Any], files: list[FolderFile], dtype: torch.dtype,
-                    limit: int | None, source: str) -> None:
+# ------------------------------------------------------------------------------------------ a single UNet file
+
+
+def _resolve_unet_file(unet: str) -> tuple[Path, tuple[Any, ...]]:
+    """The weight file ``unet`` names (a file, or an sd-webui-text2video folder holding one) and its fingerprint,
+    after the same entry checks as a model folder."""
+    from .modelscope_convert import WEBUI_UNET_FILES
+
+    path = Path(unet).expanduser()
+    if path.is_dir():
+        folder = path.resolve()
+        files = scan_folder(folder, _unet_error)
+        names = {f.relative for f in files}
+        chosen = next((n for n in WEBUI_UNET_FILES if n in names), None)
+        if chosen is None:
+            raise _unet_error(f"unet folder {unet!r} holds neither of {', '.join(WEBUI_UNET_FILES)} (an "
+                                 "sd-webui-text2video / ModelScope folder such as zs2_576w/); give the weight file "
+                                 "itself otherwise")
+        return folder / chosen, (str(folder), chosen, _fingerprint(files))
+    if not path.is_file():
+        raise _unet_error(f"unet file {unet!r} does not exist")
+    check_file(path, _unet_error)
+    if path.suffix.lower() not in (*SAFETENSORS_SUFFIXES, *PICKLE_SUFFIXES):
+        raise _unet_error(f"unet file {unet!r}: unknown weight format {path.suffix or '(no extension)'}; use "
+                             ".safetensors, or .pth/.pt/.bin (read through torch.load(weights_only=True))")
+    real = path.resolve()
+    info = real.stat()
+    return real, (str(real), info.st_size, info.st_mtime_ns)
+
+
+def unet_fingerprint(unet: str | None, config: bool = False) -> Any:
+    """What identifies a ``unet`` file's content (size and mtime; for a folder, of its files), or with
+    ``config=True`` a ``unet_config``'s (its ``config.json``), for cache keys."""
+    if not unet:
+        return None
+    if config:
+        path = Path(unet).expanduser()
+        path = path / "config.json" if path.is_dir() else path
+        try:
+            info = path.stat()
+        except OSError:
+            return [unet, None]
+        return [str(path.resolve()), info.st_size, info.st_mtime_ns]
+    try:
+        return list(_resolve_unet_file(unet)[1])
+    except ModelLoadError:
+        return [unet, None]
+
+
+def _unet_config_candidates(folder: Path, unet_config: str | None) -> list[tuple[str, dict[str, Any]]]:
+    """The UNet3D configs a single UNet file may follow, most likely first: ``unet_config`` when given (a folder
+    with ``config.json``, or the file), else the source folder's ``unet/config.json`` and the shipped ModelScope
+    1.7B config (``modelscope_convert.MODELSCOPE_UNET_CONFIG``)."""
+    from .modelscope_convert import MODELSCOPE_UNET_CONFIG
+
+    if unet_config:
+        path = Path(unet_config).expanduser()
+        if path.is_dir():
+            scan_folder(path.resolve(), _unet_config_error)
+            path = path / "config.json"
+        if not path.is_file():
+            raise _unet_config_error(f"unet_config {unet_config!r}: no config.json there")
+        check_file(path, _unet_config_error)
+        config = read_config(path, path.parent, _unet_config_error)
+        return [(str(path), config)]
+    out = []
+    own = folder / "unet" / "config.json"
+    if own.is_file():
+        out.append((f"{folder.name}/unet/config.json", read_config(own, folder, ModelLoadError)))
+    out.append(("the shipped ModelScope 1.7B UNet config",
+                read_config(MODELSCOPE_UNET_CONFIG, MODELSCOPE_UNET_CONFIG.parent, ModelLoadError)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- planning
+
+
+@dataclass
+class _Part:
+    """One weighted component: the file set it reads, the tensors in it, and (once built) its meta module."""
+
+    component: str
+    weights: WeightSet
+    infos: dict[Path, dict[str, TensorInfo]]
+    config: dict[str, Any] | None = None
+    module: Any = None
+    rename: Callable[[str], str | None] | None = None
+    fit: Callable[..., Any] | None = None
+
+
+def _plan(folder: Path, index: dict[str, Any], files: list[FolderFile], variant: str, dtype: torch.dtype,
+          unet: Path | None) -> tuple[dict[str, _Part], ModelLoadError | None]:
+    """Choose every weighted component's file set and read what the files hold (headers; pickles loaded
+    memory-mapped through ``torch.load(weights_only=True)``); the parts that could be planned, and one
+    ``ModelLoadError`` with every problem (None when there is none)."""
+    present: dict[str, set[str]] = {c: set() for c in _WEIGHT_COMPONENTS}
+    for f in files:
+        component, _, name = f.relative.partition("/")
+        if component in present and name and "/" not in name:
+            present[component].add(name)
+    problems: list[str] = []
+    inputs: set[str] = set()
+    parts: dict[str, _Part] = {}
+    for component in _WEIGHT_COMPONENTS:
+        before = len(problems)
+        where = f"{component}/"
+        if component == "unet" and unet is not None:
+            fmt = "safetensors" if unet.suffix.lower() in SAFETENSORS_SUFFIXES else "pickle"
+            chosen: WeightSet | None = WeightSet(unet.parent, None, fmt, (unet,))
+            where = f"the unet file {unet.name}"
+        else:
+            library = ALLOWED_CLASSES[component][0]
+            sets, set_problems = find_weight_sets(folder / component, library, present[component])
+            problems += [f"{component}: {p}" for p in set_problems]
+            chosen, problem = choose_weight_set(sets, variant, dtype, where, library)
+            if problem is not None:
+                problems.append(problem)
+        if chosen is not None:
+            infos, read_problems = inspect_weight_set(chosen, where)
+            problems += read_problems
+            if not read_problems:
+                parts[component] = _Part(component, chosen, infos)
+        if len(problems) > before:
+            inputs.add("unet" if component == "unet" and unet is not None else "source")
+    if problems:
+        return parts, ModelLoadError(f"model folder {str(folder)!r} cannot be loaded: " + "; ".join(problems),
+                                     input=inputs.pop() if len(inputs) == 1 else "source")
+    return parts, None
+
+
+def _report_all(folder: Path, index: dict[str, Any], parts: dict[str, _Part], error: ModelLoadError,
+                unet: Path | None, unet_config: str | None) -> ModelLoadError:
+    """``error`` (the planning problems) with the problems the planned parts have against their configs too, so
+    a folder's problems are all reported at once (meta builds only: nothing is allocated)."""
+    try:
+        _build_parts(folder, index, parts, _unet_config_candidates(folder, unet_config) if unet else None)
+    except ModelLoadError as more:
+        message = f"{error}; {str(more).split(': ', 1)[1] if ': ' in str(more) else more}"
+        return ModelLoadError(message, input=error.input if error.input == more.input else "source")
+    return error
+
+
+def _text_encoder_renamer(expected: set[str]) -> Callable[[str], str | None]:
+    """File keys as the text model has them: transformers 4 wrote CLIPTextModel's keys under ``text_model.`` (which
+    transformers 5 no longer has), and old files hold the ``position_ids`` buffer (recomputed, skipped)."""
+    def rename(key: str) -> str | None:
+        if key in expected:
+            return key
+        if key.startswith("text_model.") and key[len("text_model."):] in expected:
+            return key[len("text_model."):]
+        if "text_model." + key in expected:
+            return "text_model." + key
+        return None if key.endswith("position_ids") else key
+    return rename
+
+
+def _deprecated_attention_renamer(module: Any) -> Callable[[str], str | None] | None:
+    """diffusers' VAE attention once stored ``query``/``key``/``value``/``proj_attn``; map them to ``to_q``/``to_k``/
+    ``to_v``/``to_out.0`` for the attention blocks that carry the marker (the rule diffusers applies on load)."""
+    paths = [name for name, sub in module.named_modules() if getattr(sub, "_from_deprecated_attn_block", False)]
+    if not paths:
+        return None
+    renames = {}
+    for path in paths:
+        for old, new in (("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0")):
+            for leaf in ("weight", "bias"):
+                renames[f"{path}.{old}.{leaf}"] = f"{path}.{new}.{leaf}"
+    return lambda key: renames.get(key, key)
+
+
+def _unet_fitting(part: _Part, candidates: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Pick, for a single UNet file, the first config its tensors fit (original or diffusers layout) and set the
+    part's module, renamer and fitter; the problems against each config when none fits."""
+    import diffusers
+
+    from .modelscope_convert import fit_original, is_original_layout, original_key_map
+
+    keys = [k for infos in part.infos.values() for k in infos]
+    original = is_original_layout(keys)
+    problems: list[str] = []
+    for label, config in candidates:
+        try:
+            module = build_on_meta(lambda config=config: diffusers.UNet3DConditionModel.from_config(config))
+        except Exception as exc:
+            problems.append(f"{label} does not describe a UNet3D that can be built: {type(exc).__name__}: {exc}")
+            continue
+        rename = fit = None
+        if original:
+            mapping, _ = original_key_map(keys, config)
+            rename, fit = mapping.get, fit_original
+        found = check_weight_set(part.weights, module, f"the unet file {part.weights.files[0].name}", rename, fit,
+                                 part.infos)
+        if not found:
+            part.config, part.module, part.rename, part.fit = dict(config), module, rename, fit
+            return []
+        problems += [f"(against {label}) {p}" for p in found]
+    layout = "ModelScope's original layout" if original else "diffusers' layout"
+    return [f"the unet file {part.weights.files[0].name} ({layout}) fits none of the UNet configs tried; give its "
+            f"config as unet_config: " + "; ".join(problems)]
+
+
+def _build_parts(folder: Path, index: dict[str, Any], parts: dict[str, _Part],
+                 unet_configs: list[tuple[str, dict[str, Any]]] | None) -> None:
+    """Build each weighted component on the meta device from its config and check its files against it; raise one
+    ``ModelLoadError`` with every problem."""
+    import diffusers
+    import transformers
+
+    problems: list[str] = []
+    inputs: set[str] = set()
+    for component, part in parts.items():
+        where = f"{component}/ ({part.weights.describe()})"
+        before = len(problems)
+        try:
+            if component == "unet" and unet_configs is not None:
+                problems += _unet_fitting(part, unet_configs)
+                inputs |= {"unet"} if len(problems) > before else set()
+                continue
+            if component == "text_encoder":
+                cls = getattr(transformers, index[component][1])
+                config = cls.config_class.from_pretrained(folder / component, local_files_only=True)
+                part.module = build_on_meta(lambda cls=cls, config=config: cls(config))
+                part.rename = _text_encoder_renamer(set(part.module.state_dict()))
+            else:
+                cls = getattr(diffusers, index[component][1])  # an allowed class: _read_index checked it
+                config = cls.load_config(folder, subfolder=component, local_files_only=True)
+                part.module = build_on_meta(lambda cls=cls, config=config: cls.from_config(config))
+                part.rename = _deprecated_attention_renamer(part.module)
+        except Exception as exc:
+            problems.append(f"the {component} config does not describe a model that can be built: "
+                            f"{type(exc).__name__}: {exc}")
+            inputs.add("source")
+            continue
+        problems += check_weight_set(part.weights, part.module, where, part.rename, part.fit, part.infos)
+        inputs |= {"source"} if len(problems) > before else set()
+    if problems:
+        raise ModelLoadError(f"could not load the model {str(folder)!r}: " + "; ".join(problems),
+                             input=inputs.pop() if len(inputs) == 1 else "source")
+
+
+def _estimate_bytes(folder: Path, index: dict[str, Any], parts: dict[str, _Part], dtype: torch.dtype,
+                    limit: int | None, source: str, unet_configs: list[tuple[str, dict[str, Any]]] | None) -> None:
     """Refuse (``ModelTooLarge``) a model whose configs describe more than ``limit`` bytes, before building it.
 
-    Each network is built from its own config on the ``meta`` device (see ``model_safety.module_bytes``); a
-    component counts as the larger of that and its weight files (the loader reads the whole file). The
-    scheduler counts its per-timestep tables.
+    Each network is built from its own config on the ``meta`` device (see ``model_safety.module_bytes``), stopping
+    as soon as the running total passes the limit; a component counts as the larger of that and the weight files
+    it reads (the loader reads them whole). The scheduler counts its per-timestep tables.
     """
     if limit is None:
         return
@@ -259,7 +530,10 @@ def _estimate_bytes(folder: Path, index: dict[str, Any], files: list[FolderFile]
 
     def diffusers_part(component: str) -> Any:
         cls = getattr(diffusers, index[component][1])
-        config = cls.load_config(folder, subfolder=component, local_files_only=True)
+        if component == "unet" and unet_configs is not None:
+            config = unet_configs[0][1]
+        else:
+            config = cls.load_config(folder, subfolder=component, local_files_only=True)
         return lambda: cls.from_config(config)
 
     def text_part() -> Any:
@@ -270,7 +544,7 @@ def _estimate_bytes(folder: Path, index: dict[str, Any], files: list[FolderFile]
     def estimate(component: str, build: Any) -> Any:
         def run(remaining: int | None) -> tuple[int, bool]:
             nbytes, complete = module_bytes(build, dtype, remaining)
-            on_disk = weight_file_bytes(files, f"{component}/", (_WEIGHT_FILES[component],))
+            on_disk = parts[component].weights.nbytes
             return max(nbytes, on_disk), complete or on_disk > nbytes
         return run
 
@@ -280,9 +554,10 @@ def _estimate_bytes(folder: Path, index: dict[str, Any], files: list[FolderFile]
         return (int(steps) if isinstance(steps, int) and steps > 0 else 0) * _SCHEDULER_BYTES_PER_STEP, True
 
     try:
-        parts = [("unet", estimate("unet", diffusers_part("unet"))), ("vae", estimate("vae", diffusers_part("vae"))),
-                 ("text_encoder", estimate("text_encoder", text_part())), ("scheduler", scheduler)]
-        check_budget(parts, limit, f"the model {source!r}")
+        estimates = [("unet", estimate("unet", diffusers_part("unet"))),
+                     ("vae", estimate("vae", diffusers_part("vae"))),
+                     ("text_encoder", estimate("text_encoder", text_part())), ("scheduler", scheduler)]
+        check_budget(estimates, limit, f"the model {source!r}")
     except (ModelTooLarge, ModelLoadError):
         raise
     except Exception as exc:
@@ -311,27 +586,18 @@ def quiet_hf_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def _load_folder(folder: Path, source: str, index: dict[str, Any], device: str, dtype: torch.dtype) -> Handles:
-    """Load all five components of a validated folder onto ``device`` in ``dtype``."""
-    import diffusers
+def _load_folder(folder: Path, source: str, index: dict[str, Any], parts: dict[str, _Part], device: str,
+                 dtype: torch.dtype) -> Handles:
+    """Fill the checked meta modules from their files, load the tokenizer and the scheduler, move to ``device``."""
     import transformers
 
     quiet_hf_libraries()
-
-    def load_unet() -> Any:
-        return diffusers.UNet3DConditionModel.from_pretrained(
-            folder, subfolder="unet", use_safetensors=True, torch_dtype=dtype, local_files_only=True
-        )
-
-    def load_vae() -> Any:
-        cls = getattr(diffusers, index["vae"][1])  # an allowed class: _read_index checked it
-        return cls.from_pretrained(folder, subfolder="vae", use_safetensors=True, torch_dtype=dtype,
-                                   local_files_only=True)
-
-    def load_text_encoder() -> Any:
-        cls = getattr(transformers, index["text_encoder"][1])
-        return cls.from_pretrained(folder / "text_encoder", use_safetensors=True, dtype=dtype, local_files_only=True,
-                                   trust_remote_code=False)
+    modules = {}
+    for component, part in parts.items():
+        modules[component] = _load_component(
+            component, folder, lambda part=part: load_weight_set(part.weights, part.module, dtype, part.rename,
+                                                                 part.fit))
+        part.module = None
 
     def load_tokenizer() -> Any:
         cls = getattr(transformers, index["tokenizer"][1])
@@ -346,9 +612,7 @@ def _load_folder(folder: Path, source: str, index: dict[str, Any], device: str, 
         handle.create()  # fail now, not at sampling time, if the config is bad
         return handle
 
-    unet = _load_component("unet", folder, load_unet)
-    vae = _load_component("vae", folder, load_vae)
-    text_encoder = _load_component("text_encoder", folder, load_text_encoder)
+    unet, vae, text_encoder = modules["unet"], modules["vae"], modules["text_encoder"]
     tokenizer = _load_component("tokenizer", folder, load_tokenizer)
     scheduler = _load_component("scheduler", folder, load_scheduler)
 
@@ -358,8 +622,7 @@ def _load_folder(folder: Path, source: str, index: dict[str, Any], device: str, 
     if not tokenizer.model_max_length or tokenizer.model_max_length > max_positions:
         tokenizer.model_max_length = max_positions
 
-    modules = [unet, vae, text_encoder]
-    for module in modules:
+    for module in (unet, vae, text_encoder):
         module.to(device)
         module.eval()
         module.requires_grad_(False)
@@ -388,41 +651,58 @@ def _apply_speedups(handles: Handles, memory_format: str, compile: bool) -> None
 
 
 def load_model(source: str, device: str = "auto", dtype: str = "float32", memory_format: str = "contiguous",
-               compile: bool = False, max_bytes: int | None = None) -> Handles:
+               compile: bool = False, max_bytes: int | None = None, variant: str = "auto", unet: str | None = None,
+               unet_config: str | None = None) -> Handles:
     """Load ``source`` (a diffusers text-to-video folder or ``builtin:tiny``) as
     ``(UNet3D, VAE, TextEncoder, Scheduler)`` handles on ``device`` in ``dtype``.
+
+    ``variant`` picks the weight files per component (``auto``, ``default``, ``fp16``, ``bf16``; see
+    ``model_files``). ``unet`` replaces the folder's UNet3D by a single weight file (ModelScope's original
+    layout or diffusers', ``.safetensors`` or a pickle read through ``torch.load(weights_only=True)``) or an
+    sd-webui-text2video folder holding ``text2video_pytorch_model.pth``; its config is ``unet_config`` (a folder
+    with ``config.json``, or the file) or else the first that fits among the source folder's ``unet/config.json``
+    and the shipped ModelScope 1.7B config.
 
     ``memory_format="channels_last"`` stores the 2-D convolution weights of the UNet3D and the VAE
     channels-last; ``compile=True`` wraps the UNet3D's forward in ``torch.compile`` (the first call compiles).
     Both are optional speed-ups whose worth depends on the hardware: ``bench/optim_flags.py`` measures them.
 
     The folder is checked before any library reads it (links, special files, remote-code keys, allowed classes;
-    see the module docstring). ``max_bytes`` (the run's memory limit; None: no limit) refuses a model whose
-    configs describe more bytes than that, before anything is allocated.
+    see the module docstring), then every component's weight files against its config. ``max_bytes`` (the run's
+    memory limit; None: no limit) refuses a model whose configs describe more bytes than that, before anything is
+    allocated.
 
     The result is cached per process: loading the same unchanged source with the same settings returns the
     very same handles (treat their modules as read-only). Raises ``ModelLoadError`` for a missing, malformed or
-    unsafe folder, pickle-only weights, single-file checkpoints, unknown builtins and unknown settings, and
-    ``ModelTooLarge`` for a model over ``max_bytes``.
+    unsafe folder (all its problems in one message), single-file sources, unknown builtins and unknown settings,
+    and ``ModelTooLarge`` for a model over ``max_bytes``.
     """
     if not isinstance(source, str) or not source:
         raise ModelLoadError(f"model source must be a non-empty string, got {source!r}")
-    folder = _resolve_folder(source)
-    files = _scan(folder)
-    index = _read_index(folder)
-    _check_configs(folder, files)
-    _check_weights(folder)
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     if memory_format not in _MEMORY_FORMATS:
         raise ModelLoadError(f"memory_format must be one of {_MEMORY_FORMATS}, got {memory_format!r}")
-    key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile), _fingerprint(files))
+    if variant not in VARIANTS:
+        raise ModelLoadError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    folder = _resolve_folder(source)
+    files = _scan(folder)
+    index = _read_index(folder)
+    _check_configs(folder, files)
+    unet_path, unet_print = _resolve_unet_file(unet) if unet else (None, None)
+    parts, problems = _plan(folder, index, files, variant, torch_dtype, unet_path)
+    if problems is not None:
+        raise _report_all(folder, index, parts, problems, unet_path, unet_config)
+    key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile), variant,
+           unet_print, unet_config, tuple((c, p.weights.files) for c, p in parts.items()), _fingerprint(files))
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
             return cached  # already in memory: nothing new is allocated
-        _estimate_bytes(folder, index, files, torch_dtype, max_bytes, source)
-        handles = _load_folder(folder, source, index, resolved_device, torch_dtype)
+        unet_configs = _unet_config_candidates(folder, unet_config) if unet_path is not None else None
+        _estimate_bytes(folder, index, parts, torch_dtype, max_bytes, source, unet_configs)
+        _build_parts(folder, index, parts, unet_configs)
+        handles = _load_folder(folder, source, index, parts, resolved_device, torch_dtype)
         _apply_speedups(handles, memory_format, compile)
         # Drop stale entries for the same source/folder/settings (the files changed).
         for old in [k for k in _cache if k[:-1] == key[:-1]]:

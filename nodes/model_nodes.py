@@ -1,4 +1,5 @@
-"""Node: load a text-to-video model (diffusers folder or ``builtin:tiny``) as four typed handles."""
+"""Node: load a text-to-video model (diffusers folder or ``builtin:tiny``, optionally with a single-file UNet3D) as
+four typed handles."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Any, Literal, NamedTuple
 
 from reelgraph import NodeInputError, RunContext, node, path_input
 
-from .model_loading import ModelLoadError, ModelTooLarge, source_fingerprint
+from .model_loading import ModelLoadError, ModelTooLarge, source_fingerprint, unet_fingerprint
 from .model_loading import load_model as _load_model
 from .threads import configure_threads
 from .values import VAE, Scheduler, TextEncoder, UNet3D
@@ -22,6 +23,7 @@ class ModelParts(NamedTuple):
 
 
 ModelSource = path_input("builtin:")
+WeightPath = path_input()
 
 
 def _model_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
@@ -32,7 +34,15 @@ def _model_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
     return [source_fingerprint(values["source"]), resolve_device(values.get("device", "auto")), configure_threads()]
 
 
-@node("load_model", category="models", fingerprint=_model_fingerprint)
+def _load_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
+    """The source's fingerprint, and the content of the single UNet file and its config when given."""
+    unet, config = values.get("unet"), values.get("unet_config")
+    if unet is None and config is None:
+        return _model_fingerprint(values, ctx)
+    return [_model_fingerprint(values, ctx), unet_fingerprint(unet), unet_fingerprint(config, config=True)]
+
+
+@node("load_model", category="models", fingerprint=_load_fingerprint)
 def load_model(
     ctx: RunContext,
     source: ModelSource = "builtin:tiny",
@@ -40,18 +50,23 @@ def load_model(
     dtype: Literal["float32", "float16", "bfloat16"] = "float32",
     memory_format: Literal["contiguous", "channels_last"] = "contiguous",
     compile: bool = False,
+    variant: Literal["auto", "default", "fp16", "bf16"] = "auto",
+    unet: WeightPath | None = None,
+    unet_config: WeightPath | None = None,
 ) -> ModelParts:
     """Load a UNet3D text-to-video model (ModelScope/Zeroscope layout) once per process.
 
-    Weights load from safetensors only; a folder with only ``.bin``/``.ckpt`` weights is refused (convert
-    it once; the error shows how). The same unchanged source is loaded once and shared by every run; a
-    folder whose files change (size or mtime) is loaded again.
+    Each part reads its weight files in their stored precision and casts them once to ``dtype``: ``.safetensors``
+    (streamed), or ``.bin``/``.pt`` pickles read through ``torch.load(weights_only=True)`` (which refuses a pickle
+    that would run code); safetensors win where both exist. Every part's files are checked against its config
+    before anything is built, and all problems are reported together. The same unchanged source is loaded once
+    and shared by every run; a folder whose files change (size or mtime) is loaded again.
 
     A model folder is data: nothing in it runs. Its classes must be the text-to-video ones (UNet3D,
     AutoencoderKL, CLIP text model and tokenizer, a diffusers noise scheduler); configs asking for custom code
     (``auto_map``, ``custom_pipeline``) and symbolic links leading out of the folder are refused
     (``model_load_failed``), and a model whose configs exceed the memory limit is refused before it is
-    allocated (``too_large``). See docs/security.md.
+    allocated (``too_large``). See docs/models.md (which layouts load) and docs/security.md.
 
     Args:
         source: a diffusers folder with ``model_index.json`` (relative to the workflow's folder);
@@ -59,19 +74,32 @@ def load_model(
             (prompts like ``a red circle moving left``, 8 frames of 32x32; its sha256 is checked on load); or
             ``builtin:tiny-random``, the same architecture with random weights (fast tests; makes noise).
         device: ``auto`` picks CUDA when available, else the CPU.
-        dtype: the weights' precision; ``float32`` on CPU.
+        dtype: the weights' precision in memory; ``float32`` on CPU. ``float16``/``bfloat16`` halve the memory
+            (with ``variant`` ``auto``, a folder's ``*.fp16.*`` files are read as they are).
         memory_format: ``channels_last`` stores the 2-D convolution weights channels-last, which some GPUs
             run faster (bench/optim_flags.py measures it; see bench/RESULTS.md).
         compile: wrap the UNet3D in ``torch.compile``; the first denoising step compiles (minutes on a CPU),
             later steps may run faster. Worth it for long runs, not for one short clip.
+        variant: which weight files each part reads: ``auto`` the ones stored in ``dtype`` when the folder has
+            them (``*.fp16.safetensors`` for ``float16``, ``*.bf16.*`` for ``bfloat16``, the plain files for
+            ``float32``), else what exists; ``default`` the files without a variant suffix; ``fp16`` / ``bf16``
+            only those.
+        unet: replaces the folder's UNet3D: a single weight file in ModelScope's original layout
+            (``text2video_pytorch_model.pth`` or ``.safetensors``) or in diffusers' layout, or an
+            sd-webui-text2video model folder holding ``text2video_pytorch_model.pth`` (e.g. Zeroscope's
+            ``zs2_576w/``). The VAE, text encoder, tokenizer and scheduler still come from ``source``.
+        unet_config: the diffusers config of ``unet`` (a folder with ``config.json``, or the file); by default
+            the first that fits of ``source``'s ``unet/config.json`` and the shipped ModelScope 1.7B config
+            (Zeroscope and potat1 share it).
     """
     configure_threads()
     try:
-        unet, vae, text_encoder, scheduler = _load_model(source, device=device, dtype=dtype,
-                                                             memory_format=memory_format, compile=compile,
-                                                             max_bytes=ctx.max_memory)
+        unet_h, vae, text_encoder, scheduler = _load_model(
+            source, device=device, dtype=dtype, memory_format=memory_format, compile=compile, max_bytes=ctx.max_memory,
+            variant=variant, unet=None if unet is None else str(unet),
+            unet_config=None if unet_config is None else str(unet_config))
     except ModelTooLarge as exc:
         raise NodeInputError(str(exc), input="source", code="too_large") from exc
     except ModelLoadError as exc:
-        raise NodeInputError(str(exc), input="source", code="model_load_failed") from exc
-    return ModelParts(unet, vae, text_encoder, scheduler)
+        raise NodeInputError(str(exc), input=exc.input, code="model_load_failed") from exc
+    return ModelParts(unet_h, vae, text_encoder, scheduler)

@@ -239,12 +239,20 @@ def test_sources_folder_single_file_and_refusals(cn: ControlNet, tiny_dir: Path,
     (single.parent / "config.json").unlink()
     with pytest.raises(ControlNetLoadError, match="needs its diffusers config"):
         load_controlnet(str(single), device="cpu")
-    pickled = tmp_path / "pickled"
+    pickled = tmp_path / "pickled"  # a .bin only: read through torch.load(weights_only=True)
     shutil.copytree(_folder_of(cn), pickled)
     for f in pickled.glob("*.safetensors"):
+        torch.save({k: v.clone() for k, v in cn.module.state_dict().items()}, f.with_suffix(".bin"))
+        f.unlink()
+    from_pickle = load_controlnet(str(pickled), device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(from_pickle.module.state_dict().values(),
+                                                 cn.module.state_dict().values(), strict=True))
+    renamed = tmp_path / "renamed"  # safetensors bytes under a pickle name: refused, never unpickled as such
+    shutil.copytree(_folder_of(cn), renamed)
+    for f in renamed.glob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))
-    with pytest.raises(ControlNetLoadError, match="only pickle weights"):
-        load_controlnet(str(pickled), device="cpu")
+    with pytest.raises(ControlNetLoadError, match=r"the pickle file diffusion_pytorch_model\.bin was refused"):
+        load_controlnet(str(renamed), device="cpu")
     with pytest.raises(ControlNetLoadError, match="does not exist"):
         load_controlnet(str(tmp_path / "nope"), device="cpu")
     with pytest.raises(ControlNetLoadError, match="describes a UNet3DConditionModel"):
