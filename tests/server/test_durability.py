@@ -43,7 +43,7 @@ def test_kill_9_then_restart_finishes_every_accepted_job_exactly_once(live_serve
     accepted: list[str] = []
     tags: dict[str, str] = {}
     for i in range(8):
-        r = client.post("/api/jobs", json={"workflow": slow_workflow(steps=10 + i, delay=0.08, tag=f"job{i}")})
+        r = client.post("/api/jobs", json={"workflow": slow_workflow(steps=10 + i, delay=0.2, tag=f"job{i}")})
         assert r.status_code == 201
         accepted.append(r.json()["id"])
         tags[r.json()["id"]] = f"job{i}"
@@ -79,7 +79,7 @@ def test_kill_9_then_restart_finishes_every_accepted_job_exactly_once(live_serve
                             return str(job["id"])
         return None
 
-    victim = wait_for(in_progress, 60, every=0.02, what="a job in the middle of its slow node")
+    victim = wait_for(in_progress, 120, every=0.02, what="a job in the middle of its slow node")
     server.kill9()
     stop.set()
     thread.join(30)
@@ -94,7 +94,7 @@ def test_kill_9_then_restart_finishes_every_accepted_job_exactly_once(live_serve
     every = {j["id"] for j in client.get("/api/jobs", params={"limit": 500}).json()["jobs"]}
     assert known <= every and len(every - known) <= 1
     assert {p.name for p in (server.state_dir / "jobs").iterdir()} == every  # no half-made job left behind
-    jobs = wait_for(lambda: all_final(client, every), 90, every=0.2, what="every accepted job to end")
+    jobs = wait_for(lambda: all_final(client, every), 240, every=0.2, what="every accepted job to end")
     assert {j["status"] for j in jobs.values()} == {"finished"}
     # exactly once: one 'finished' in the audit trail and one recorded completion per job
     finished = collections.Counter(j for j, s, _ in transitions(server.state_dir) if s == "finished")
