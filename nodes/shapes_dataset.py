@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["COLOURS", "DIRECTIONS", "SHAPES", "Clip", "caption", "clip_params", "find_clips", "make_batch",
-           "make_clip", "render_clip"]
+__all__ = ["COLOURS", "CONCEPT_SHAPES", "DIRECTIONS", "SHAPES", "Clip", "caption", "clip_params", "concept_clip",
+           "find_clips", "make_batch", "make_clip", "render_clip"]
 
 #: Colour name -> RGB in [0, 1]. Hues are 0, 120, 240 and 55 degrees, far apart for the tracker.
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -35,10 +35,16 @@ COLOURS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.95, 0.88, 0.12),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
+#: Shapes outside the training world of ``builtin:tiny`` (never drawn by ``clip_params``): the concepts a LoRA
+#: teaches it (``tools/train_companions.py``). A ``bar`` is a horizontal 12 x 4 pixel rectangle.
+CONCEPT_SHAPES: tuple[str, ...] = ("bar",)
 #: Direction name -> unit step (dx, dy) in image coordinates (y grows downwards).
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 _RADIUS = 5.0
+#: Half width and half height of a ``bar`` in pixels: as wide as the motion allows (it touches the frame's edge at
+#: the extreme starts), thin enough that the tiny VAE keeps it elongated.
+_BAR_HALF = (6.0, 2.0)
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,10 @@ def _coverage(shape: str, x: torch.Tensor, y: torch.Tensor, cx: float, cy: float
         left = (-0.894 * u - 0.447 * v) - r * 0.45
         right = (0.894 * u - 0.447 * v) - r * 0.45
         dist = torch.maximum(base, torch.maximum(left, right))
+    elif shape == "bar":
+        dist = torch.maximum(u.abs() - _BAR_HALF[0], v.abs() - _BAR_HALF[1])
     else:
-        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES + CONCEPT_SHAPES)}")
     return (0.5 - dist).clamp(0.0, 1.0)
 
 
@@ -172,3 +180,23 @@ def find_clips(seed: int, colour: str, shape: str, direction: str, count: int = 
             found.append((render_clip(clip, frames, size), clip))
         index += 1
     return found
+
+
+def concept_clip(seed: int, index: int, shape: str, colour: str | None = None, direction: str | None = None,
+                 frames: int = 8, size: int = 32) -> tuple[torch.Tensor, Clip]:
+    """The ``index``-th clip of dataset ``seed`` (counting only those moving ``direction``, where given) with its
+    shape replaced by ``shape`` (e.g. a ``CONCEPT_SHAPES`` one) and its colour by ``colour`` (where given): its
+    frames and parameters. Start, speed and background are the world's, so a concept clip crosses the frame as
+    the world's clips do."""
+    import dataclasses
+
+    seen, j = -1, 0
+    while True:
+        clip = clip_params(seed, j, frames, size)
+        if direction is None or clip.direction == direction:
+            seen += 1
+            if seen == index:
+                break
+        j += 1
+    clip = dataclasses.replace(clip, shape=shape, colour=colour or clip.colour)
+    return render_clip(clip, frames, size), clip

@@ -19,14 +19,28 @@ noise: it exists to exercise code paths, not to make pictures.
 The folder is written into a temporary sibling directory and renamed into place, so a crash or a
 concurrent writer never leaves a half-written ``tiny-v1``.
 
-Two companions line up with that UNet3D and are built the same way, each from its own seed (building them
-never touches ``tiny-v1``):
+Two companions line up with that UNet3D. The trained ones ship in the package like ``builtin:tiny`` (fp16
+safetensors, ``SHA256SUMS`` checked once per process before they are used; ``tools/train_companions.py``,
+docs/default_model.md):
 
-* ``builtin:tiny`` for ``load_controlnet``: a 2D ``ControlNetModel`` (``tiny-controlnet-v1``) whose
-  residuals match the UNet3D's blocks and whose conditioning embedding downscales by the VAE's 4. Its
-  output convolutions are random, not zero, so it visibly steers the tiny model.
-* ``builtin:tiny-lora`` for ``load_lora``: a rank-4 kohya-format LoRA file (``tiny-lora-v1.safetensors``)
-  on the UNet3D's spatial, temporal and ``transformer_in`` attention projections and the text encoder's.
+* ``builtin:tiny`` for ``load_controlnet``: a 2D ``ControlNetModel`` (``nodes/models/tiny-controlnet-shapes-v1``)
+  trained on the Canny edges of the shapes world, so the trained model's shape follows a control clip's path
+  even when the prompt names another direction.
+* ``builtin:tiny-lora`` for ``load_lora``: a rank-4 kohya-format LoRA (``nodes/models/tiny-lora-bar-v1``) that
+  teaches the trained model a shape it has never seen, the horizontal ``bar`` (``a red bar moving left``).
+
+Their random versions are built like ``tiny-v1``, each from its own seed (building them never touches
+``tiny-v1``), for tests that rely on their determinism:
+
+* ``builtin:tiny-random`` for ``load_controlnet`` (``ensure_tiny_controlnet_random``): a ``ControlNetModel``
+  (``tiny-controlnet-v1``) whose residuals match the UNet3D's blocks and whose conditioning embedding
+  downscales by the VAE's 4. Its output convolutions are random, not zero, so it visibly steers the tiny model.
+* ``builtin:tiny-lora-random`` for ``load_lora`` (``ensure_tiny_lora_random``): a rank-4 kohya-format LoRA
+  file (``tiny-lora-v1.safetensors``) on the UNet3D's spatial, temporal and ``transformer_in`` attention
+  projections and the text encoder's.
+
+``builtin_controlnet`` / ``builtin_lora`` map every builtin name to its path, ``builtin_controlnet_version`` /
+``builtin_lora_version`` to a content id for cache keys.
 """
 
 from __future__ import annotations
@@ -47,8 +61,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TINY_CONTROLNET_NAME",
+    "TINY_CONTROLNET_RANDOM_NAME",
+    "TINY_CONTROLNET_RANDOM_SOURCE",
     "TINY_CONTROLNET_SOURCE",
     "TINY_LORA_NAME",
+    "TINY_LORA_RANDOM_NAME",
+    "TINY_LORA_RANDOM_SOURCE",
     "TINY_LORA_SOURCE",
     "TINY_NAME",
     "TINY_RANDOM_SOURCE",
@@ -56,10 +74,16 @@ __all__ = [
     "TRAINED_NAME",
     "WeightsMismatch",
     "build_tiny_tokenizer_files",
+    "builtin_controlnet",
+    "builtin_controlnet_version",
+    "builtin_lora",
+    "builtin_lora_version",
     "builtin_model",
     "builtin_model_version",
     "ensure_tiny_controlnet",
+    "ensure_tiny_controlnet_random",
     "ensure_tiny_lora",
+    "ensure_tiny_lora_random",
     "ensure_tiny_model",
     "reelgraph_home",
     "tiny_model_dir",
@@ -78,14 +102,22 @@ TRAINED_NAME = "tiny-shapes-v1"
 
 _SEED = 20240607
 
-#: The source id ``load_controlnet`` resolves to the tiny ControlNet folder.
+#: The source id ``load_controlnet`` resolves to the trained tiny ControlNet (shipped).
 TINY_CONTROLNET_SOURCE = "builtin:tiny"
-#: Folder name of the tiny ControlNet; bump the version whenever its config or seed changes.
-TINY_CONTROLNET_NAME = "tiny-controlnet-v1"
-#: The source id ``load_lora`` resolves to the tiny LoRA file.
+#: Folder (under ``nodes/models``) of the trained tiny ControlNet; see docs/default_model.md.
+TINY_CONTROLNET_NAME = "tiny-controlnet-shapes-v1"
+#: The source id of the random tiny ControlNet (built locally; tests).
+TINY_CONTROLNET_RANDOM_SOURCE = "builtin:tiny-random"
+#: Folder name of the random tiny ControlNet; bump the version whenever its config or seed changes.
+TINY_CONTROLNET_RANDOM_NAME = "tiny-controlnet-v1"
+#: The source id ``load_lora`` resolves to the trained tiny LoRA (shipped; the ``bar`` concept).
 TINY_LORA_SOURCE = "builtin:tiny-lora"
-#: File stem of the tiny LoRA; bump the version whenever its targets, rank, alpha or seed change.
-TINY_LORA_NAME = "tiny-lora-v1"
+#: Folder (under ``nodes/models``) of the trained tiny LoRA, and the stem of its ``.safetensors`` file in it.
+TINY_LORA_NAME = "tiny-lora-bar-v1"
+#: The source id of the random tiny LoRA (written locally; tests).
+TINY_LORA_RANDOM_SOURCE = "builtin:tiny-lora-random"
+#: File stem of the random tiny LoRA; bump the version whenever its targets, rank, alpha or seed change.
+TINY_LORA_RANDOM_NAME = "tiny-lora-v1"
 _CONTROLNET_SEED = 20240711
 _LORA_SEED = 20240712
 _LORA_RANK = 4
@@ -403,6 +435,11 @@ def trained_model_dir() -> Path:
     return Path(__file__).resolve().parent / "models" / TRAINED_NAME
 
 
+def shipped_dir(name: str) -> Path:
+    """The folder of a shipped model or companion ``nodes/models/<name>``, inside the installed package."""
+    return Path(__file__).resolve().parent / "models" / name
+
+
 _verified: dict[tuple[str, int], str] = {}
 
 
@@ -438,8 +475,20 @@ def builtin_model(source: str) -> Path:
     raise KeyError(source)
 
 
+def _verified_shipped(name: str) -> tuple[Path, str]:
+    """A shipped companion's folder and digest, its SHA256SUMS checked once per process (again if it changes)."""
+    folder = shipped_dir(name)
+    sums = folder / "SHA256SUMS"
+    key = (str(folder), sums.stat().st_mtime_ns if sums.exists() else -1)
+    with _build_lock:
+        if key not in _verified:
+            _verified[key] = verify_sha256sums(folder)
+        return folder, _verified[key]
+
+
 def _write_tiny_controlnet(folder: Path) -> None:
-    """Build the tiny ControlNet from its config and seed and save it under ``folder`` (diffusers layout)."""
+    """Build the random tiny ControlNet from its config and seed and save it under ``folder`` (diffusers
+    layout)."""
     import torch
     from diffusers import ControlNetModel
 
@@ -452,10 +501,35 @@ def _write_tiny_controlnet(folder: Path) -> None:
 
 
 def ensure_tiny_controlnet() -> Path:
-    """Return the folder of the tiny ControlNet (``builtin:tiny`` for ``load_controlnet``), building it first
-    if it is missing; written atomically like the tiny model."""
-    target = reelgraph_home() / "models" / TINY_CONTROLNET_NAME
+    """The folder of the trained tiny ControlNet (``builtin:tiny`` for ``load_controlnet``), shipped in the
+    package; its SHA256SUMS is checked first (``WeightsMismatch`` names altered files)."""
+    return _verified_shipped(TINY_CONTROLNET_NAME)[0]
+
+
+def ensure_tiny_controlnet_random() -> Path:
+    """Return the folder of the random tiny ControlNet (``builtin:tiny-random`` for ``load_controlnet``),
+    building it first if it is missing; written atomically like the tiny model."""
+    target = reelgraph_home() / "models" / TINY_CONTROLNET_RANDOM_NAME
     return build_once(target, target / "config.json", _write_tiny_controlnet)
+
+
+def builtin_controlnet(source: str) -> Path:
+    """The folder of a ``builtin:`` ControlNet source. Raises ``KeyError`` for an unknown builtin and
+    ``WeightsMismatch`` for altered shipped weights."""
+    if source == TINY_CONTROLNET_SOURCE:
+        return ensure_tiny_controlnet()
+    if source == TINY_CONTROLNET_RANDOM_SOURCE:
+        return ensure_tiny_controlnet_random()
+    raise KeyError(source)
+
+
+def builtin_controlnet_version(source: str) -> str:
+    """A short id of the content behind a ``builtin:`` ControlNet source (cache keys change with it)."""
+    if source == TINY_CONTROLNET_SOURCE:
+        return f"{TINY_CONTROLNET_NAME}:{_verified_shipped(TINY_CONTROLNET_NAME)[1][:16]}"
+    if source == TINY_CONTROLNET_RANDOM_SOURCE:
+        return TINY_CONTROLNET_RANDOM_NAME
+    raise KeyError(source)
 
 
 def _lora_targets() -> dict[str, tuple[str, tuple[int, int]]]:
@@ -476,7 +550,7 @@ def _lora_targets() -> dict[str, tuple[str, tuple[int, int]]]:
 
 
 def _write_tiny_lora(path: Path) -> None:
-    """Draw the tiny LoRA's down/up matrices from its seed and save them, kohya style, to ``path``."""
+    """Draw the random tiny LoRA's down/up matrices from its seed and save them, kohya style, to ``path``."""
     import torch
     from safetensors.torch import save_file
 
@@ -488,14 +562,40 @@ def _write_tiny_lora(path: Path) -> None:
         tensors[f"{key}.lora_down.weight"] = down
         tensors[f"{key}.lora_up.weight"] = up
         tensors[f"{key}.alpha"] = torch.tensor(_LORA_ALPHA)
-    save_file(tensors, str(path), metadata={"format": "pt", "reelgraph": TINY_LORA_NAME})
+    save_file(tensors, str(path), metadata={"format": "pt", "reelgraph": TINY_LORA_RANDOM_NAME})
 
 
 def ensure_tiny_lora() -> Path:
-    """Return the tiny LoRA file (``builtin:tiny-lora`` for ``load_lora``), writing it first if it is missing.
+    """The file of the trained tiny LoRA (``builtin:tiny-lora`` for ``load_lora``: the ``bar`` concept),
+    shipped in the package; its folder's SHA256SUMS is checked first (``WeightsMismatch`` names altered files)."""
+    return _verified_shipped(TINY_LORA_NAME)[0] / f"{TINY_LORA_NAME}.safetensors"
+
+
+def ensure_tiny_lora_random() -> Path:
+    """Return the random tiny LoRA file (``builtin:tiny-lora-random`` for ``load_lora``), writing it first if
+    it is missing.
 
     Deterministic: the same seed gives the same file on every machine, so workflows and tests that use it
     are reproducible without shipping a binary.
     """
-    target = reelgraph_home() / "models" / f"{TINY_LORA_NAME}.safetensors"
+    target = reelgraph_home() / "models" / f"{TINY_LORA_RANDOM_NAME}.safetensors"
     return build_once(target, target, _write_tiny_lora)
+
+
+def builtin_lora(source: str) -> Path:
+    """The file of a ``builtin:`` LoRA source. Raises ``KeyError`` for an unknown builtin and
+    ``WeightsMismatch`` for altered shipped weights."""
+    if source == TINY_LORA_SOURCE:
+        return ensure_tiny_lora()
+    if source == TINY_LORA_RANDOM_SOURCE:
+        return ensure_tiny_lora_random()
+    raise KeyError(source)
+
+
+def builtin_lora_version(source: str) -> str:
+    """A short id of the content behind a ``builtin:`` LoRA source (cache keys change with it)."""
+    if source == TINY_LORA_SOURCE:
+        return f"{TINY_LORA_NAME}:{_verified_shipped(TINY_LORA_NAME)[1][:16]}"
+    if source == TINY_LORA_RANDOM_SOURCE:
+        return TINY_LORA_RANDOM_NAME
+    raise KeyError(source)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["HUE_RANGES", "Track", "parse_prompt", "rgb_to_hsv", "track"]
+__all__ = ["HUE_RANGES", "Track", "aspect", "parse_prompt", "rgb_to_hsv", "track"]
 
 #: Colour name -> hue ranges in degrees, [lo, hi) each; red wraps around 0.
 HUE_RANGES: dict[str, tuple[tuple[float, float], ...]] = {
@@ -147,3 +147,37 @@ def parse_prompt(prompt: str) -> tuple[str | None, str | None]:
     colour = next((w for w in words if w in HUE_RANGES), None)
     direction = next((w for w in words if w in _DIRECTION_WORDS), None)
     return colour, direction
+
+
+def aspect(frames: torch.Tensor, colour: str | None = None, min_saturation: float = 0.45, min_value: float = 0.35,
+           min_pixels: int = 3) -> float:
+    """The width-to-height ratio of the object of ``colour`` (default: the dominant candidate colour) in
+    ``frames`` ``[F, 3, H, W]``: the median, over the frames where it has ``min_pixels`` pixels, of
+    ``sqrt(var(x) / var(y))`` of its pixels' coordinates (1.0 for a disc or a square, about 0.87 for the
+    world's upward triangle, 3.0 for a 12 x 4 horizontal bar; 0.0 when no frame has the object). Pixels are
+    chosen as ``track`` chooses them.
+
+    It tells the ``bar`` concept (``shapes_dataset.CONCEPT_SHAPES``) from the world's compact shapes; the
+    threshold used with it is in docs/default_model.md."""
+    import statistics
+
+    import torch
+
+    hue, sat, val = rgb_to_hsv(frames)
+    ok = (sat >= min_saturation) & (val >= min_value)
+    if colour is None:
+        colour = max(HUE_RANGES, key=lambda c: int(_mask(hue, ok, c).sum()))
+    mask = _mask(hue, ok, colour).to(torch.float32)
+    height, width = int(frames.shape[2]), int(frames.shape[3])
+    ys = torch.arange(height, dtype=torch.float32).view(height, 1)
+    xs = torch.arange(width, dtype=torch.float32).view(1, width)
+    ratios = []
+    for m in mask:
+        n = float(m.sum())
+        if n < min_pixels:
+            continue
+        mx, my = float((m * xs).sum()) / n, float((m * ys).sum()) / n
+        var_x = float((m * (xs - mx) ** 2).sum()) / n
+        var_y = float((m * (ys - my) ** 2).sum()) / n
+        ratios.append((var_x / max(var_y, 1e-6)) ** 0.5)
+    return statistics.median(ratios) if ratios else 0.0

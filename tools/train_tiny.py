@@ -151,11 +151,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ steps
     def ids(self, texts: list[str]) -> torch.Tensor:
         """Token ids ``[B, 77]`` padded like ``encode_prompt`` pads them (cached per caption)."""
-        for t in texts:
-            if t not in self._ids:
-                self._ids[t] = self.tokenizer([t], padding="max_length", max_length=MAX_LENGTH, truncation=True,
-                                              return_tensors="pt").input_ids[0]
-        return torch.stack([self._ids[t] for t in texts])
+        return token_ids(self.tokenizer, self._ids, texts)
 
     def vae_step(self) -> float:
         """One reconstruction step on ``vae_batch`` clips' frames."""
@@ -178,10 +174,7 @@ class Trainer:
     @torch.no_grad()
     def encode(self, clips: torch.Tensor) -> torch.Tensor:
         """Scaled latent means ``[B, C, F, h, w]`` of clips ``[B, F, 3, H, W]``."""
-        self.vae.eval()
-        b, f = clips.shape[:2]
-        z = self.vae.encode(clips.flatten(0, 1) * 2 - 1).latent_dist.mean * self.scaling_factor
-        return z.view(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+        return encode_latents(self.vae, clips, self.scaling_factor)
 
     def set_scaling_factor(self) -> None:
         """``1 / std`` of the (unscaled) latents of a fixed batch of 32 clips."""
@@ -196,10 +189,7 @@ class Trainer:
         latents = self.encode(clips)
         drop = torch.rand(len(params), generator=self.generator) < a.caption_dropout
         texts = ["" if d else p.caption for d, p in zip(drop.tolist(), params, strict=True)]
-        t = sample_timesteps(len(params), self.scheduler.config.num_train_timesteps, a.timesteps, self.generator)
-        noise = torch.randn(latents.shape, generator=self.generator)
-        noisy = self.scheduler.add_noise(latents, noise, t)
-        target = self.scheduler.get_velocity(latents, noise, t)
+        t, noisy, target = noisy_latents(self.scheduler, latents, a.timesteps, self.generator)
         self.unet.train()
         self.text.train()
         embeds = self.text(self.ids(texts))[0]
@@ -214,10 +204,7 @@ class Trainer:
             loss = (weight * (pred - target) ** 2).mean() / weight.mean()
         else:
             loss = torch.nn.functional.mse_loss(pred, target)
-        if a.motion_weight:
-            # Frame-to-frame differences carry the motion; weighting them makes direction errors cost more.
-            step = torch.nn.functional.mse_loss(pred.diff(dim=2), target.diff(dim=2))
-            loss = loss + a.motion_weight * step
+        loss = add_motion_loss(loss, pred, target, a.motion_weight)
         self.opt_unet.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([*self.unet.parameters(), *self.text.parameters()], 1.0)
@@ -227,16 +214,10 @@ class Trainer:
     def train_step(self) -> float:
         """Run the step the counter is at (VAE, or UNet after the switch) and record its loss."""
         a = self.args
-        outside = torch.get_rng_state()
-        torch.set_rng_state(self.global_rng)
-        try:
-            if self.step < a.vae_steps:
-                phase, loss = 0, self.vae_step()
-            else:
-                phase, loss = 1, self.unet_step()
-            self.global_rng = torch.get_rng_state()
-        finally:
-            torch.set_rng_state(outside)
+        if self.step < a.vae_steps:
+            phase, loss = 0, with_own_rng(self, self.vae_step)
+        else:
+            phase, loss = 1, with_own_rng(self, self.unet_step)
         self.step += 1
         if self.step == a.vae_steps:  # the VAE is final: fix the latent scale before the UNet sees latents
             self.set_scaling_factor()
@@ -247,6 +228,66 @@ class Trainer:
     def total_steps(self) -> int:
         """VAE steps plus UNet steps."""
         return self.args.vae_steps + self.args.steps
+
+    def config(self) -> dict[str, Any]:
+        """The settings that define the trajectory (recorded in checkpoints and exports)."""
+        return _config_of(self.args)
+
+    def phase_name(self) -> str:
+        """What the last step trained, for the log."""
+        return "vae" if self.step <= self.args.vae_steps else "unet"
+
+    def milestones(self) -> tuple[int, ...]:
+        """Steps that always get a checkpoint: the end of the VAE phase."""
+        return (self.args.vae_steps,)
+
+
+def with_own_rng(holder: Any, fn: Any) -> Any:
+    """Call ``fn()`` with torch's global RNG set to ``holder.global_rng`` (dropout draws from it), then keep
+    its new state there and put the caller's back, so other users of the global RNG cannot disturb a run."""
+    outside = torch.get_rng_state()
+    torch.set_rng_state(holder.global_rng)
+    try:
+        result = fn()
+        holder.global_rng = torch.get_rng_state()
+    finally:
+        torch.set_rng_state(outside)
+    return result
+
+
+def token_ids(tokenizer: Any, cache: dict[str, torch.Tensor], texts: list[str]) -> torch.Tensor:
+    """Token ids ``[B, 77]`` of ``texts`` padded like ``encode_prompt`` pads them (cached per caption in ``cache``)."""
+    for t in texts:
+        if t not in cache:
+            cache[t] = tokenizer([t], padding="max_length", max_length=MAX_LENGTH, truncation=True,
+                                 return_tensors="pt").input_ids[0]
+    return torch.stack([cache[t] for t in texts])
+
+
+@torch.no_grad()
+def encode_latents(vae: Any, clips: torch.Tensor, scaling_factor: float) -> torch.Tensor:
+    """Scaled latent means ``[B, C, F, h, w]`` of clips ``[B, F, 3, H, W]`` under ``vae`` (put in eval mode)."""
+    vae.eval()
+    b, f = clips.shape[:2]
+    z = vae.encode(clips.flatten(0, 1) * 2 - 1).latent_dist.mean * scaling_factor
+    return z.view(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4).contiguous()
+
+
+def noisy_latents(scheduler: Any, latents: torch.Tensor, mode: str,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Timesteps (``sample_timesteps`` with ``mode``), then noise, drawn from ``generator``: ``(t, noisy latents,
+    v-prediction target)``."""
+    t = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, mode, generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    return t, scheduler.add_noise(latents, noise, t), scheduler.get_velocity(latents, noise, t)
+
+
+def add_motion_loss(loss: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, weight: float) -> torch.Tensor:
+    """``loss`` plus ``weight`` times the MSE of the frame-to-frame differences of ``pred`` and ``target``
+    (``[B, C, F, h, w]``): the differences carry the motion, so weighting them makes direction errors cost more."""
+    if not weight:
+        return loss
+    return loss + weight * torch.nn.functional.mse_loss(pred.diff(dim=2), target.diff(dim=2))
 
 
 def sample_timesteps(count: int, total: int, mode: str, generator: torch.Generator) -> torch.Tensor:
@@ -284,20 +325,21 @@ def _atomic_write(path: Path, write: Any) -> None:
             tmp.unlink()
 
 
-def save_checkpoint(trainer: Trainer, folder: Path) -> Path:
-    """Write ``checkpoint.pt``, ``losses.json`` and ``loss.png`` into ``folder`` atomically."""
+def save_checkpoint(trainer: Any, folder: Path) -> Path:
+    """Write ``checkpoint.pt``, ``losses.json`` and ``loss.png`` into ``folder`` atomically (any trainer with
+    ``state_dict()``, ``config()`` and ``losses``: this one, or those of ``train_companions.py``)."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "checkpoint.pt"
     _atomic_write(path, lambda tmp: torch.save(trainer.state_dict(), tmp))
     _atomic_write(folder / "losses.json",
-                  lambda tmp: tmp.write_text(json.dumps({"config": _config_of(trainer.args),
+                  lambda tmp: tmp.write_text(json.dumps({"config": trainer.config(),
                                                          "losses": trainer.losses}) + "\n"))
     if trainer.losses:
         write_loss_png(trainer.losses, folder / "loss.png")
     return path
 
 
-def load_checkpoint(trainer: Trainer, folder: Path) -> bool:
+def load_checkpoint(trainer: Any, folder: Path) -> bool:
     """Restore ``folder/checkpoint.pt`` into ``trainer`` if it exists; return whether it did."""
     path = folder / "checkpoint.pt"
     if not path.is_file():
@@ -309,6 +351,11 @@ def load_checkpoint(trainer: Trainer, folder: Path) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ plot
+#: Loss-curve colours (raw, smoothed) per phase: 0 VAE, 1 UNet, 2 ControlNet, 3 LoRA.
+PHASE_COLOURS: dict[int, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+    0: ((120, 70, 20), (255, 150, 40)), 1: ((20, 90, 110), (60, 220, 255)),
+    2: ((110, 30, 100), (240, 80, 220)), 3: ((30, 100, 30), (90, 240, 90))}
+
 def _smooth(values: list[float], k: int) -> list[float]:
     out, acc = [], 0.0
     for i, v in enumerate(values):
@@ -320,7 +367,8 @@ def _smooth(values: list[float], k: int) -> list[float]:
 
 
 def write_loss_png(losses: list[list[float]], path: Path, width: int = 640, height: int = 320) -> None:
-    """Plot log10(loss) against step (VAE phase orange, UNet phase cyan; raw faint, smoothed bright) as PNG."""
+    """Plot log10(loss) against step (VAE phase orange, UNet phase cyan, ControlNet magenta, LoRA green; raw
+    faint, smoothed bright) as PNG."""
     import math
 
     from reelgraph.nodes.report import write_png
@@ -341,7 +389,7 @@ def write_loss_png(losses: list[list[float]], path: Path, width: int = 640, heig
     for decade in range(math.floor(lo), math.ceil(hi) + 1):  # grid line per decade
         if lo <= decade <= hi:
             img[xy(0, decade)[1], pad:width - pad] = 60
-    for phase, colours in ((0, ((120, 70, 20), (255, 150, 40))), (1, ((20, 90, 110), (60, 220, 255)))):
+    for phase, colours in PHASE_COLOURS.items():
         pts = [(s, v) for (s, p, _), v in zip(losses, logs, strict=True) if p == phase]
         if not pts:
             continue
@@ -393,10 +441,7 @@ def export_model(trainer: Trainer, out: Path) -> Path:
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         (tmp / "training.json").write_text(json.dumps({"step": trainer.step, "config": _config_of(trainer.args),
                                                        "scaling_factor": trainer.scaling_factor}, indent=2) + "\n")
-        sums = []
-        for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
-            sums.append(f"{hashlib.sha256(file.read_bytes()).hexdigest()}  {file.relative_to(tmp).as_posix()}\n")
-        (tmp / "SHA256SUMS").write_text("".join(sums), encoding="utf-8")
+        write_sha256sums(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
@@ -404,6 +449,14 @@ def export_model(trainer: Trainer, out: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def write_sha256sums(folder: Path) -> None:
+    """Write ``folder/SHA256SUMS``: the sha256 of every file under it (sorted paths), as ``sha256sum`` prints."""
+    sums = []
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "SHA256SUMS"):
+        sums.append(f"{hashlib.sha256(file.read_bytes()).hexdigest()}  {file.relative_to(folder).as_posix()}\n")
+    (folder / "SHA256SUMS").write_text("".join(sums), encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------ eval
@@ -565,7 +618,13 @@ def parser() -> argparse.ArgumentParser:
 
 def train(args: argparse.Namespace) -> Trainer:
     """Train (or continue) until ``vae_steps + steps`` or ``max_minutes``, checkpointing as it goes."""
-    trainer = Trainer(args)
+    return run_training(Trainer(args), args)
+
+
+def run_training(trainer: Any, args: argparse.Namespace) -> Any:
+    """The training loop shared with ``train_companions.py``: resume from ``args.ckpt_dir`` (``--resume``), run
+    ``trainer.train_step()`` until ``trainer.total_steps`` or ``args.max_minutes``, log every ``log_every``
+    steps, and checkpoint every ``save_every`` steps, at ``trainer.milestones()``, on time-out and at the end."""
     if args.resume and load_checkpoint(trainer, args.ckpt_dir):
         print(f"resumed at step {trainer.step}", flush=True)
     start, last_save = time.monotonic(), trainer.step
@@ -573,10 +632,10 @@ def train(args: argparse.Namespace) -> Trainer:
         t0 = time.monotonic()
         loss = trainer.train_step()
         if trainer.step % args.log_every == 0:
-            phase = "vae" if trainer.step <= args.vae_steps else "unet"
-            print(f"step {trainer.step} {phase} loss {loss:.5f} ({time.monotonic() - t0:.2f} s/step)", flush=True)
+            print(f"step {trainer.step} {trainer.phase_name()} loss {loss:.5f} ({time.monotonic() - t0:.2f} s/step)",
+                  flush=True)
         timed_out = args.max_minutes and time.monotonic() - start > args.max_minutes * 60
-        if trainer.step % args.save_every == 0 or trainer.step == args.vae_steps or timed_out:
+        if trainer.step % args.save_every == 0 or trainer.step in trainer.milestones() or timed_out:
             save_checkpoint(trainer, args.ckpt_dir)
             last_save = trainer.step
             print(f"checkpoint at step {trainer.step}", flush=True)
