@@ -76,12 +76,14 @@ class ControlError(ValueError):
 def _resolve(source: str) -> Path:
     """Map a source id to a folder or a single ``.safetensors`` file."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_CONTROLNET_SOURCE, ensure_tiny_controlnet
+        from .tiny_models import TINY_CONTROLNET_RANDOM_SOURCE, TINY_CONTROLNET_SOURCE, builtin_controlnet
 
-        if source != TINY_CONTROLNET_SOURCE:
-            raise ControlNetLoadError(f"unknown builtin ControlNet {source!r}; the only one is "
-                                      f"{TINY_CONTROLNET_SOURCE!r}")
-        return ensure_tiny_controlnet().resolve()
+        try:
+            return builtin_controlnet(source).resolve()
+        except KeyError:
+            raise ControlNetLoadError(f"unknown builtin ControlNet {source!r}; the builtins are "
+                                      f"{TINY_CONTROLNET_SOURCE!r} (trained) and {TINY_CONTROLNET_RANDOM_SOURCE!r}"
+                                      ) from None
     path = Path(source).expanduser()
     if not path.exists():
         raise ControlNetLoadError(f"ControlNet {source!r} does not exist")
@@ -110,9 +112,12 @@ def _scan(folder: Path) -> list[FolderFile]:
 def controlnet_fingerprint(source: str) -> list[Any]:
     """What identifies a ControlNet source's content without reading weights (for the node's cache key)."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_CONTROLNET_NAME
+        from .tiny_models import builtin_controlnet_version
 
-        return [source, TINY_CONTROLNET_NAME]
+        try:
+            return [source, builtin_controlnet_version(source)]
+        except KeyError:  # load_controlnet says why
+            return [source, None]
     path = Path(source).expanduser()
     if not path.exists():
         return [source, None]
@@ -233,7 +238,8 @@ def _load_single_file(path: Path, dtype: torch.dtype, max_bytes: int | None = No
 def load_controlnet(source: str, device: str = "auto", dtype: str = "float32",
                     max_bytes: int | None = None) -> ControlNet:
     """Load a ``ControlNetModel`` from a diffusers folder, a single weight file (config beside it) or
-    ``builtin:tiny`` onto ``device`` in ``dtype``; cached per process (treat the module as read-only).
+    a builtin (``builtin:tiny``, trained; ``builtin:tiny-random``) onto ``device`` in ``dtype``; cached per
+    process (treat the module as read-only).
 
     Raises ``ControlNetLoadError`` for a missing, malformed or unsafe source (see the module docstring), a
     refused pickle, weights that do not fit the config, or another class, and ``ModelTooLarge`` when its config

@@ -42,9 +42,10 @@ def load_controlnet(
     Args:
         source: a diffusers ControlNet folder (``config.json`` + safetensors, or a ``.bin`` read through
             ``torch.load(weights_only=True)``), a single weight file in diffusers layout with its ``config.json``
-            (or ``<stem>.json``) beside it, or ``builtin:tiny``, a small random ControlNet matching
-            ``builtin:tiny``'s UNet3D, built locally on first use. The module is built on the meta device and
-            filled from the file, so a load holds the weights once.
+            (or ``<stem>.json``) beside it, ``builtin:tiny``, the ControlNet trained for ``builtin:tiny`` on the
+            Canny edges of its shapes world (shipped, sha256-checked: the shape follows the control clip's path),
+            or ``builtin:tiny-random``, a random one built locally on first use. The module is built on the meta
+            device and filled from the file, so a load holds the weights once.
         device: ``auto`` picks CUDA when available, else the CPU.
         dtype: the weights' precision; ``float32`` on CPU.
     """

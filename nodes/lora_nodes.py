@@ -29,14 +29,16 @@ class LoraModels(NamedTuple):
 
 
 def _resolve(source: str) -> Path:
-    """The LoRA file a source names (``builtin:tiny-lora`` is written on first use)."""
+    """The LoRA file a source names (``builtin:tiny-lora`` is shipped and sha256-checked;
+    ``builtin:tiny-lora-random`` is written on first use)."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_LORA_SOURCE, ensure_tiny_lora
+        from .tiny_models import TINY_LORA_RANDOM_SOURCE, TINY_LORA_SOURCE, builtin_lora
 
-        if source != TINY_LORA_SOURCE:
-            raise NodeInputError(f"unknown builtin LoRA {source!r}; the only one is {TINY_LORA_SOURCE!r}",
-                                 input="source", code="model_load_failed")
-        return ensure_tiny_lora()
+        try:
+            return builtin_lora(source)
+        except KeyError:
+            raise NodeInputError(f"unknown builtin LoRA {source!r}; the builtins are {TINY_LORA_SOURCE!r} (trained) "
+                                 f"and {TINY_LORA_RANDOM_SOURCE!r}", input="source", code="model_load_failed") from None
     return Path(source)
 
 
@@ -46,9 +48,12 @@ def _fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
         return None  # the LoRA comes from a link, whose cache key already identifies it
     source = str(values["source"])
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_LORA_NAME
+        from .tiny_models import builtin_lora_version
 
-        return [source, TINY_LORA_NAME]
+        try:
+            return [source, builtin_lora_version(source)]
+        except KeyError:  # load_lora says why
+            return [source, None]
     try:
         stat = Path(source).stat()
     except OSError:
@@ -101,7 +106,9 @@ def load_lora(
         source: a ``.safetensors`` LoRA file in diffusers/PEFT (``lora_A``/``lora_B``), kohya/A1111
             (``lora_down``/``lora_up``/``alpha``) or Text-To-Video-Finetuning format (its ``full_weights`` files
             and its webui files with ModelScope's ``input_blocks.*`` names; see docs/models.md), or
-            ``builtin:tiny-lora``, a small LoRA for ``builtin:tiny`` generated reproducibly on first use.
+            ``builtin:tiny-lora``, the LoRA trained for ``builtin:tiny`` that teaches it a shape it has never
+            seen, the horizontal bar (``a red bar moving left``; shipped, sha256-checked), or
+            ``builtin:tiny-lora-random``, a random one generated reproducibly on first use.
             Pickle files load only if they hold nothing but tensors. Leave empty when ``lora`` is linked.
         scale_unet: multiplier of the UNet3D part; 0 leaves the UNet3D unchanged.
         scale_text: multiplier of the text-encoder part; 0 leaves the text encoder unchanged.

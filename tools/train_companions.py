@@ -275,6 +275,14 @@ class ControlNetTrainer(CompanionTrainer):
 
 
 # ------------------------------------------------------------------------------------------------ lora
+def conv_targets(unet: Any) -> dict[str, str]:
+    """Kohya key -> module name of the UNet3D's spatial 3x3 convolutions that ``--conv`` adapts: every resnet's
+    ``conv1`` and ``conv2`` and the output convolution."""
+    return {"lora_unet_" + name.replace(".", "_"): name for name, module in unet.named_modules()
+            if isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) == (3, 3)
+            and ((".resnets." in name and name.endswith((".conv1", ".conv2"))) or name == "conv_out")}
+
+
 def instance_clips(count: int) -> tuple[torch.Tensor, list[Any]]:
     """The LoRA's instance clips: ``count`` bars, the ``INSTANCE_PAIRS`` in order (then round again, with the
     next clip of each combination)."""
@@ -288,32 +296,44 @@ class LoraTrainer(CompanionTrainer):
 
     phase = 3
     name = "lora"
-    config_keys = (*CompanionTrainer.config_keys, "rank", "alpha", "instance_clips", "prior_batch")
+    config_keys = (*CompanionTrainer.config_keys, "rank", "alpha", "instance_clips", "prior_batch", "conv")
 
     def __init__(self, args: argparse.Namespace) -> None:
-        """Base, then the LoRA's down (seeded normal, std ``1/sqrt(in)``) and up (zero) matrices, hooked onto
-        the target layers, then their AdamW."""
+        """Base, then the LoRA's down (seeded normal, std ``1/sqrt(fan in)``) and up (zero) factors, hooked onto
+        the target layers (every attention projection; with ``--conv`` also the spatial 3x3 convolutions of the
+        UNet3D's resnets and its ``conv_out``, where the shapes are drawn), then their AdamW."""
         super().__init__(args)
         gen = torch.Generator("cpu").manual_seed(args.seed)
         self.layers: dict[str, dict[str, torch.Tensor]] = {}
         modules = {"lora_unet_": dict(self.unet.named_modules()),
                    "lora_te_text_model_": dict(self.text.named_modules())}
         self._hooks = []
-        for key, (name, (out_features, in_features)) in sorted(tiny_models._lora_targets().items()):
+        targets = {key: name for key, (name, _) in tiny_models._lora_targets().items()}
+        if args.conv:
+            targets.update(conv_targets(self.unet))
+        for key, name in sorted(targets.items()):
             prefix = "lora_unet_" if key.startswith("lora_unet_") else "lora_te_text_model_"
-            down = (torch.randn(args.rank, in_features, generator=gen) * in_features**-0.5).requires_grad_(True)
-            up = torch.zeros(out_features, args.rank).requires_grad_(True)
-            self.layers[key] = {"down": down, "up": up}
-            self._hooks.append(modules[prefix][name].register_forward_hook(self._hook(down, up)))
+            module = modules[prefix][name]
+            weight = module.weight
+            fan_in = weight[0].numel()
+            down = torch.randn(args.rank, *weight.shape[1:], generator=gen) * fan_in**-0.5
+            up = torch.zeros(weight.shape[0], args.rank, *(1,) * (weight.ndim - 2))
+            self.layers[key] = {"down": down.requires_grad_(True), "up": up.requires_grad_(True)}
+            self._hooks.append(module.register_forward_hook(self._hook(self.layers[key]["down"],
+                                                                       self.layers[key]["up"])))
         self.opt = torch.optim.AdamW(self.parameters(), lr=args.lr, weight_decay=0.0)
         self.instances, self.instance_params = instance_clips(args.instance_clips)
         self.instance_latents = tt.encode_latents(self.vae, self.instances, self.scaling_factor)
 
     def _hook(self, down: torch.Tensor, up: torch.Tensor) -> Any:
         scale = self.args.alpha / self.args.rank
+        functional = torch.nn.functional
 
         def hook(module: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-            return output + torch.nn.functional.linear(torch.nn.functional.linear(inputs[0], down), up) * scale
+            if down.ndim == 4:  # kohya's conv LoRA: the kernel in ``down``, a 1x1 ``up``
+                inner = functional.conv2d(inputs[0], down, stride=module.stride, padding=module.padding)
+                return output + functional.conv2d(inner, up) * scale
+            return output + functional.linear(functional.linear(inputs[0], down), up) * scale
 
         return hook
 
@@ -490,6 +510,35 @@ def evaluate_lora(model: str, lora: str, seeds: list[int], steps: int, guidance:
     return {"summary": summary, "rows": rows}
 
 
+def trained_from_checkpoint(part: str, ckpt_dir: Path) -> CompanionTrainer:
+    """The trainer of ``part`` restored from ``ckpt_dir``, with the settings its ``losses.json`` records (so
+    ``export`` needs no training flags)."""
+    args = parser().parse_args(["export", part, "--ckpt-dir", str(ckpt_dir)])
+    info = ckpt_dir / "losses.json"
+    if not info.is_file():
+        raise SystemExit(f"no checkpoint in {ckpt_dir}")
+    for key, value in json.loads(info.read_text())["config"].items():
+        if key not in ("part", "base_sha256sums"):
+            setattr(args, key, value)
+    trainer = PARTS[part](args)
+    if not tt.load_checkpoint(trainer, ckpt_dir):
+        raise SystemExit(f"no checkpoint in {ckpt_dir}")
+    return trainer
+
+
+def export_check(part: str, ckpt_dir: Path, shipped: Path) -> list[str]:
+    """Export ``ckpt_dir`` again into a temporary folder and compare it with ``shipped`` byte for byte: the
+    names of the files that differ or exist on one side only (empty: the export is reproducible)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        again = trained_from_checkpoint(part, ckpt_dir).export(Path(tmp) / shipped.name)
+        names = {p.relative_to(again).as_posix() for p in again.rglob("*") if p.is_file()}
+        names |= {p.relative_to(shipped).as_posix() for p in shipped.rglob("*") if p.is_file()}
+        return sorted(n for n in names if not (again / n).is_file() or not (shipped / n).is_file()
+                      or (again / n).read_bytes() != (shipped / n).read_bytes())
+
+
 # ------------------------------------------------------------------------------------------------- cli
 PARTS = {"controlnet": ControlNetTrainer, "lora": LoraTrainer}
 DEFAULT_DIRS = {"controlnet": Path("tools/checkpoints/tiny-controlnet"), "lora": Path("tools/checkpoints/tiny-lora")}
@@ -517,12 +566,15 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--alpha", type=float, default=4.0, help="lora")
         s.add_argument("--instance-clips", type=int, default=8, help="lora: the concept's clips")
         s.add_argument("--prior-batch", type=int, default=8, help="lora: world clips per step (prior preservation)")
+        s.add_argument("--conv", action="store_true", help="lora: adapt the resnets' 3x3 convolutions too")
         s.add_argument("--threads", type=int, default=1)
         s.add_argument("--save-every", type=int, default=100)
         s.add_argument("--log-every", type=int, default=10)
         s.add_argument("--max-minutes", type=float, default=0.0)
         s.add_argument("--resume", action="store_true")
         s.add_argument("--out", type=Path, default=None, help="export: default nodes/models/<builtin folder>")
+        s.add_argument("--check", action="store_true",
+                       help="export: compare a re-export with --out byte for byte instead of writing (exit 1 if not)")
     e = sub.add_parser("eval")
     e.add_argument("part", choices=sorted(PARTS))
     e.add_argument("--model", default="builtin:tiny")
@@ -552,14 +604,18 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(result, indent=1) + "\n")
         return 0
     args.ckpt_dir = args.ckpt_dir or DEFAULT_DIRS[args.part]
-    trainer = PARTS[args.part](args)
     if args.command == "train":
-        tt.run_training(trainer, args)
-    else:
-        if not tt.load_checkpoint(trainer, args.ckpt_dir):
-            raise SystemExit(f"no checkpoint in {args.ckpt_dir}")
-        out = trainer.export(args.out or DEFAULT_OUT[args.part])
-        print(f"exported {args.part} step {trainer.step} to {out}")
+        tt.run_training(PARTS[args.part](args), args)
+        return 0
+    out = args.out or DEFAULT_OUT[args.part]
+    if args.check:
+        differ = export_check(args.part, args.ckpt_dir, out)
+        print(f"{out}: " + (f"differs from a re-export: {', '.join(differ)}" if differ else
+                            "byte-identical to a re-export of the checkpoint"))
+        return 1 if differ else 0
+    trainer = trained_from_checkpoint(args.part, args.ckpt_dir)
+    trainer.export(out)
+    print(f"exported {args.part} step {trainer.step} to {out}")
     return 0
 
 
