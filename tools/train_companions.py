@@ -541,7 +541,8 @@ def export_check(part: str, ckpt_dir: Path, shipped: Path) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------- cli
 PARTS = {"controlnet": ControlNetTrainer, "lora": LoraTrainer}
-DEFAULT_DIRS = {"controlnet": Path("tools/checkpoints/tiny-controlnet"), "lora": Path("tools/checkpoints/tiny-lora")}
+DEFAULT_DIRS = {"controlnet": ROOT / "tools" / "checkpoints" / "tiny-controlnet",
+                "lora": ROOT / "tools" / "checkpoints" / "tiny-lora"}
 DEFAULT_OUT = {"controlnet": MODELS / tiny_models.TINY_CONTROLNET_NAME, "lora": MODELS / tiny_models.TINY_LORA_NAME}
 
 

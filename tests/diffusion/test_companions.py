@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTROL_ON_MAX_PX = 3.0
 CONTROL_GAIN_MIN_PX = 4.0
 BAR = 1.3  # train_companions.BAR_ASPECT
+#: Of 8 seeds, at least this many draw the bar with the LoRA (measured: see docs/default_model.md).
+LORA_ON_MIN = 6
 
 
 @pytest.fixture(scope="module")
@@ -142,28 +144,29 @@ def test_controlnet_workflow_follows_its_source_clip(companions: ModuleType, tmp
 
 
 # ------------------------------------------------------------------------------------------------ LoRA
-@pytest.mark.parametrize(("prompt", "seed"), [("a red bar moving left", 0), ("a green bar moving down", 1),
-                                              ("a blue bar moving right", 2)])
-def test_lora_draws_the_bar_and_the_base_model_does_not(base: tuple, prompt: str, seed: int) -> None:
-    """With the LoRA a bar of the prompted colour moves the prompted way; without it the same prompt gives one
-    of the world's compact shapes (``green down`` and ``blue right`` are not in the instance clips)."""
+@pytest.mark.parametrize("prompt", ["a red bar moving left", "a green bar moving down"])
+def test_lora_draws_the_bar_over_seeds_and_the_base_model_never(base: tuple, prompt: str) -> None:
+    """Over 8 seeds, with the LoRA the prompt gives a bar (``aspect >= BAR``) of its colour moving its way in at
+    least ``LORA_ON_MIN`` of 8; without it, never (the base model draws one of the world's compact shapes).
+    ``a red bar moving left`` is ``lora_video.json``'s prompt; ``green down`` is not in the instance clips."""
     from reelgraph.nodes.lora_nodes import load_lora
+    from reelgraph.nodes.sampling import denoise, encode_prompt, vae_decode
     from reelgraph.nodes.tracking import aspect, parse_prompt, track
 
     unet, vae, text, sched = base
     on = load_lora(unet, text, "builtin:tiny-lora")
-    from reelgraph.nodes.sampling import denoise, encode_prompt, vae_decode
 
-    def draw(u: object, te: object) -> object:
+    def bar(u: object, te: object, seed: int) -> bool:
         cond = encode_prompt(te, prompt, "", 5.0)
-        return vae_decode(vae, denoise(u, sched, cond, frames=8, height=32, width=32, steps=20, guidance_scale=5.0,
-                                       seed=seed)).frames
+        frames = vae_decode(vae, denoise(u, sched, cond, frames=8, height=32, width=32, steps=20,
+                                         guidance_scale=5.0, seed=seed)).frames
+        seen = track(frames)
+        return (seen.colour, seen.direction) == parse_prompt(prompt) and aspect(frames, seen.colour) >= BAR
 
-    with_lora, without = draw(on.unet, on.text_encoder), draw(unet, text)
-    seen = track(with_lora)
-    assert (seen.colour, seen.direction) == parse_prompt(prompt)
-    assert aspect(with_lora, seen.colour) >= BAR
-    assert aspect(without, track(without).colour) < BAR
+    with_lora = [bar(on.unet, on.text_encoder, seed) for seed in range(8)]
+    without = [bar(unet, text, seed) for seed in range(8)]
+    print(f"{prompt}: bar {sum(with_lora)}/8 with the LoRA, {sum(without)}/8 without")
+    assert sum(with_lora) >= LORA_ON_MIN and sum(without) == 0
 
 
 def test_lora_workflow_draws_a_bar_only_with_the_lora(tmp_path: Path) -> None:
@@ -197,7 +200,7 @@ def test_companion_training_resumes_bit_identically_and_exports(companions: Modu
     def args(folder: Path, steps: int) -> object:
         return companions.parser().parse_args(
             ["train", part, "--ckpt-dir", str(folder), "--steps", str(steps), "--batch", "2", "--instance-clips", "2",
-             "--prior-batch", "1", "--save-every", "1000", "--log-every", "1000", "--resume"])
+             "--prior-batch", "1", "--conv", "--save-every", "1000", "--log-every", "1000", "--resume"])
 
     straight = companions.tt.run_training(companions.PARTS[part](args(tmp_path / "a", 3)), args(tmp_path / "a", 3))
     first = companions.tt.run_training(companions.PARTS[part](args(tmp_path / "b", 2)), args(tmp_path / "b", 2))
@@ -208,3 +211,10 @@ def test_companion_training_resumes_bit_identically_and_exports(companions: Modu
         assert torch.equal(value, resumed.trained()[key]), key
     out = resumed.export(tmp_path / "out")
     assert len(verify_sha256sums(out)) == 64
+    assert companions.export_check(part, tmp_path / "b", out) == []  # the export is a function of the checkpoint
+
+
+@pytest.mark.parametrize("part", ["controlnet", "lora"])
+def test_shipped_companions_are_the_export_of_their_checkpoints(companions: ModuleType, part: str) -> None:
+    """``tools/checkpoints/tiny-<part>`` exports to the shipped folder byte for byte (``export --check``)."""
+    assert companions.export_check(part, companions.DEFAULT_DIRS[part], companions.DEFAULT_OUT[part]) == []
