@@ -374,16 +374,17 @@ class LoraTrainer(CompanionTrainer):
                 tensors[f"{key}.lora_down.weight"] = layer["down"].detach().to(torch.float16).contiguous()
                 tensors[f"{key}.lora_up.weight"] = layer["up"].detach().to(torch.float16).contiguous()
                 tensors[f"{key}.alpha"] = torch.tensor(float(self.args.alpha), dtype=torch.float16)
-            save_file(tensors, str(tmp / f"{out.name}.safetensors"),
-                      metadata={"format": "pt", "reelgraph": out.name, "concept": CONCEPT})
-            _write_training_json(self, tmp)
+            # One metadata key only: safetensors orders a header's metadata by a randomly seeded hash map, so
+            # two keys can come out in either order and the export would not be byte-identical.
+            save_file(tensors, str(tmp / f"{out.name}.safetensors"), metadata={"format": "pt"})
+            _write_training_json(self, tmp, concept=CONCEPT)
 
         return _export_folder(out, write)
 
 
 # ---------------------------------------------------------------------------------------------- export
-def _write_training_json(trainer: CompanionTrainer, folder: Path) -> None:
-    (folder / "training.json").write_text(json.dumps({"step": trainer.step, "config": trainer.config()},
+def _write_training_json(trainer: CompanionTrainer, folder: Path, **extra: Any) -> None:
+    (folder / "training.json").write_text(json.dumps({"step": trainer.step, "config": trainer.config(), **extra},
                                                      indent=2) + "\n")
 
 
