@@ -76,7 +76,12 @@ class ControlError(ValueError):
 def _resolve(source: str) -> Path:
     """Map a source id to a folder or a single ``.safetensors`` file."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_CONTROLNET_RANDOM_SOURCE, TINY_CONTROLNET_SOURCE, builtin_controlnet
+        from .tiny_models import (
+            TINY_CONTROLNET_RANDOM_SOURCE,
+            TINY_CONTROLNET_SOURCE,
+            WeightsMismatch,
+            builtin_controlnet,
+        )
 
         try:
             return builtin_controlnet(source).resolve()
@@ -84,6 +89,8 @@ def _resolve(source: str) -> Path:
             raise ControlNetLoadError(f"unknown builtin ControlNet {source!r}; the builtins are "
                                       f"{TINY_CONTROLNET_SOURCE!r} (trained) and {TINY_CONTROLNET_RANDOM_SOURCE!r}"
                                       ) from None
+        except WeightsMismatch as exc:
+            raise ControlNetLoadError(f"{source}: {exc}") from None
     path = Path(source).expanduser()
     if not path.exists():
         raise ControlNetLoadError(f"ControlNet {source!r} does not exist")
@@ -112,11 +119,11 @@ def _scan(folder: Path) -> list[FolderFile]:
 def controlnet_fingerprint(source: str) -> list[Any]:
     """What identifies a ControlNet source's content without reading weights (for the node's cache key)."""
     if source.startswith("builtin:"):
-        from .tiny_models import builtin_controlnet_version
+        from .tiny_models import WeightsMismatch, builtin_controlnet_version
 
         try:
             return [source, builtin_controlnet_version(source)]
-        except KeyError:  # load_controlnet says why
+        except (KeyError, WeightsMismatch):  # load_controlnet says why
             return [source, None]
     path = Path(source).expanduser()
     if not path.exists():

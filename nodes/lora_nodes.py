@@ -32,13 +32,15 @@ def _resolve(source: str) -> Path:
     """The LoRA file a source names (``builtin:tiny-lora`` is shipped and sha256-checked;
     ``builtin:tiny-lora-random`` is written on first use)."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_LORA_RANDOM_SOURCE, TINY_LORA_SOURCE, builtin_lora
+        from .tiny_models import TINY_LORA_RANDOM_SOURCE, TINY_LORA_SOURCE, WeightsMismatch, builtin_lora
 
         try:
             return builtin_lora(source)
         except KeyError:
             raise NodeInputError(f"unknown builtin LoRA {source!r}; the builtins are {TINY_LORA_SOURCE!r} (trained) "
                                  f"and {TINY_LORA_RANDOM_SOURCE!r}", input="source", code="model_load_failed") from None
+        except WeightsMismatch as exc:
+            raise NodeInputError(f"{source}: {exc}", input="source", code="model_load_failed") from None
     return Path(source)
 
 
@@ -48,11 +50,11 @@ def _fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
         return None  # the LoRA comes from a link, whose cache key already identifies it
     source = str(values["source"])
     if source.startswith("builtin:"):
-        from .tiny_models import builtin_lora_version
+        from .tiny_models import WeightsMismatch, builtin_lora_version
 
         try:
             return [source, builtin_lora_version(source)]
-        except KeyError:  # load_lora says why
+        except (KeyError, WeightsMismatch):  # load_lora says why
             return [source, None]
     try:
         stat = Path(source).stat()

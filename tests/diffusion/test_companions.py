@@ -99,6 +99,19 @@ def test_builtin_names_resolve_and_altered_companions_are_refused(reelgraph_home
         tiny_models.ensure_tiny_controlnet()
     with pytest.raises(WeightsMismatch, match=rf"{TINY_LORA_NAME}\.safetensors \(sha256 "):
         tiny_models.ensure_tiny_lora()
+    # The loaders say so as load errors (the nodes report model_load_failed), not as a crash.
+    from reelgraph import NodeInputError
+    from reelgraph.nodes.controlnet import ControlNetLoadError, load_controlnet
+    from reelgraph.nodes.lora_nodes import load_lora
+    from reelgraph.nodes.model_loading import load_model
+
+    with pytest.raises(ControlNetLoadError, match=r"builtin:tiny: .*diffusion_pytorch_model\.safetensors"):
+        load_controlnet("builtin:tiny", device="cpu")
+    unet, _, text, _ = load_model("builtin:tiny", device="cpu")
+    with pytest.raises(NodeInputError) as info:
+        load_lora(unet, text, "builtin:tiny-lora")
+    assert info.value.code == "model_load_failed" and info.value.input == "source"
+    assert TINY_LORA_NAME in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------------ ControlNet
