@@ -548,12 +548,15 @@ def _build_parts(folder: Path, index: dict[str, Any], parts: dict[str, _Part],
                 cls = getattr(transformers, index[component][1])
                 config = cls.config_class.from_pretrained(folder / component, local_files_only=True)
                 part.module = build_on_meta(lambda cls=cls, config=config: cls(config))
-                part.rename = _text_encoder_renamer(set(part.module.state_dict()))
+                part.rename = _compose(part.rename, _text_encoder_renamer(set(part.module.state_dict())))
             else:
                 cls = getattr(diffusers, index[component][1])  # an allowed class: _read_index checked it
                 config = cls.load_config(folder, subfolder=component, local_files_only=True)
+                if component == "unet" and part.config is not None:
+                    config = part.config  # a single checkpoint's UNet2D config (of an AnimateDiff config folder)
+                    cls = diffusers.UNet2DConditionModel
                 part.module = build_on_meta(lambda cls=cls, config=config: cls.from_config(config))
-                part.rename = _deprecated_attention_renamer(part.module)
+                part.rename = _compose(part.rename, _deprecated_attention_renamer(part.module))
         except Exception as exc:
             problems.append(f"the {component} config does not describe a model that can be built: "
                             f"{type(exc).__name__}: {exc}")
@@ -654,6 +657,12 @@ def _load_folder(folder: Path, source: str, index: dict[str, Any], parts: dict[s
 
     def load_tokenizer() -> Any:
         cls = getattr(transformers, index["tokenizer"][1])
+        if not any((folder / "tokenizer" / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+            # The shipped SD 1.5 configs (or a config folder without tokenizer files): CLIP's own vocabulary,
+            # derived from the BPE file shipped with reelgraph (animatediff.shipped).
+            from .animatediff.shipped import clip_tokenizer
+
+            return clip_tokenizer()
         return cls.from_pretrained(folder / "tokenizer", local_files_only=True, trust_remote_code=False)
 
     def load_scheduler() -> Scheduler:
@@ -750,7 +759,8 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
 
     part = parts["unet"]
     drop = (lambda key: None if ".motion_modules." in key else key) if unet_class == "UNetMotionModel" else None
-    rename: dict[Path, Any] = {f: drop for f in part.weights.files}
+    own = part.rename if not isinstance(part.rename, dict) else None
+    rename: dict[Path, Any] = {f: _compose(own, drop) for f in part.weights.files}
     rename.update({f: motion.rename for f in motion.weights.files})
     part.weights = WeightSet(part.weights.folder, part.weights.variant, part.weights.format,
                              part.weights.files + motion.weights.files)
@@ -762,12 +772,90 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
 
 def _single_checkpoint(source: str, unet: str | None) -> Path | None:
     """The single Stable Diffusion checkpoint file ``source`` names (None: a folder or a builtin)."""
-    return None
+    if source.startswith("builtin:"):
+        return None
+    path = Path(source).expanduser()
+    if not (path.is_file() or path.is_symlink()) or path.suffix.lower() not in _SINGLE_FILE_SUFFIXES:
+        return None
+    if unet is not None:
+        raise _unet_error(f"unet replaces the UNet3D of a model folder; the source {source!r} is a single checkpoint "
+                          "file (give a diffusers text-to-video folder as source to use unet)")
+    check_file(path, ModelLoadError)
+    if path.suffix.lower() == ".pkl":
+        raise ModelLoadError(f"{source!r}: .pkl files are not read; use .safetensors, or .ckpt/.pth/.bin (read "
+                             "through torch.load(weights_only=True))")
+    return path
 
 
-def _plan_single_file(source: str, path: Path, config: str | None) -> Any:
-    """Plan a single checkpoint: see ``animatediff.ldm_files``."""
-    raise NotImplementedError
+def _compose(first: Callable[[str], str | None] | None,
+             then: Callable[[str], str | None] | None) -> Callable[[str], str | None] | None:
+    """``then(first(key))`` (None stays None): a file's own layout translated, then the part's usual renames."""
+    if first is None or then is None:
+        return first or then
+
+    def rename(key: str) -> str | None:
+        middle = first(key)
+        return None if middle is None else then(middle)
+    return rename
+
+
+def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path, list[FolderFile],
+                                                                           dict[str, Any], dict[str, _Part]]:
+    """Plan a single Stable Diffusion checkpoint: its configs come from ``config`` (a diffusers folder, checked
+    like a model folder; its weights are not read) or the shipped SD 1.5 folder; each of the UNet, VAE and text
+    encoder reads its tensors from the one file, renamed from LDM's layout (``animatediff.ldm_files``)."""
+    from .animatediff.adapters import unet2d_config_of
+    from .animatediff.ldm_files import LDM_PREFIXES, fit_ldm, is_ldm_checkpoint, ldm_renamer
+    from .animatediff.motion_files import classify_keys
+    from .animatediff.shipped import SD15_CONFIG_DIR
+
+    error: Callable[[str], ModelLoadError] = _config_error if config else ModelLoadError
+    folder = Path(config).expanduser() if config else SD15_CONFIG_DIR
+    if not folder.is_dir():
+        raise _config_error(f"config {config!r} is not a folder; give a diffusers folder holding the checkpoint's "
+                            "configs (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    folder = folder.resolve()
+    files = scan_folder(folder, error)
+    index = _read_index(folder, error)
+    for relative in config_files(files):
+        read_config(folder / relative, folder, error)
+    family = model_family(index)
+    if family == "text2video":
+        raise _config_error(f"config {str(folder)!r} describes a {index.get('_class_name')} model (a UNet3D); a "
+                            "single checkpoint is a Stable Diffusion 1.5 model: give an SD 1.5 or AnimateDiff "
+                            "folder's configs")
+    fmt = "safetensors" if path.suffix.lower() in SAFETENSORS_SUFFIXES else "pickle"
+    weights = WeightSet(path.parent, None, fmt, (path,))
+    infos, problems = inspect_weight_set(weights, f"the checkpoint {path.name}")
+    if problems:
+        raise ModelLoadError("; ".join(problems))
+    tensors = infos[path]
+    if not is_ldm_checkpoint(tensors):
+        kind = classify_keys(tensors)
+        what = {"original": "an AnimateDiff motion module (give it as motion_adapter)",
+                "diffusers": "a diffusers MotionAdapter state dict (give it as motion_adapter)",
+                "lora": "a LoRA (load it with load_lora)",
+                "modelscope": "a ModelScope UNet3D (give it as unet, with a ModelScope folder as source)"}.get(
+                    kind, "not a Stable Diffusion checkpoint in LDM's layout (no model.diffusion_model.* keys)")
+        raise ModelLoadError(f"the single file {source!r} is {what}")
+    missing = [c for c, prefix in LDM_PREFIXES.items() if not any(k.startswith(prefix) for k in tensors)]
+    if missing:
+        raise ModelLoadError(f"the checkpoint {source!r} has no {', '.join(missing)} ("
+                             f"{', '.join(LDM_PREFIXES[c] + '*' for c in missing)} keys); a single checkpoint must "
+                             "hold the UNet, the VAE and the CLIP text encoder")
+    parts: dict[str, _Part] = {}
+    for component in _WEIGHT_COMPONENTS:
+        part_config = read_config(folder / component / "config.json", folder, error)
+        if component == "unet" and index["unet"][1] == "UNetMotionModel":
+            part_config = unet2d_config_of(part_config)
+        try:
+            rename = ldm_renamer(component, tensors, part_config)
+        except Exception as exc:
+            raise ModelLoadError(f"the checkpoint {source!r}: its {component} ({LDM_PREFIXES[component]}*) does not "
+                                 f"convert from LDM's layout: {type(exc).__name__}: {exc}") from None
+        parts[component] = _Part(component, weights, infos, config=part_config, rename=rename,
+                                 fit=fit_ldm if component == "vae" else None)
+    return folder, files, index, parts
 
 
 def input_fingerprint(value: str | None) -> Any:
