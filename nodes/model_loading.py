@@ -132,6 +132,9 @@ UNET_CLASSES: dict[str, tuple[str, ...]] = {
 }
 #: What an AnimateDiff folder's ``motion_adapter`` slot (and a motion adapter folder's config) may name.
 MOTION_ADAPTER_CLASSES = ("MotionAdapter",)
+#: Bytes per element of the dtypes weight files store (for a part's share of a single checkpoint).
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+             "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
 #: Bytes a scheduler holds per training timestep (a handful of float64 tables), for the memory estimate.
 _SCHEDULER_BYTES_PER_STEP = 64
 
@@ -412,6 +415,9 @@ class _Part:
     #: Builds the module (on the meta device) instead of the class ``model_index.json`` names with its folder's
     #: config: an AnimateDiff ``UNetMotionModel`` assembled from a Stable Diffusion UNet and a motion adapter.
     build: Callable[[], Any] | None = None
+    #: Bytes of this part's own tensors in its files, when the files hold more than the part (a single checkpoint
+    #: holds the UNet, the VAE and the text encoder); None: the files' sizes.
+    disk_bytes: int | None = None
 
 
 def _plan(folder: Path, index: dict[str, Any], files: list[FolderFile], variant: str, dtype: torch.dtype,
@@ -600,7 +606,8 @@ def _estimate_bytes(folder: Path, index: dict[str, Any], parts: dict[str, _Part]
     def estimate(component: str, build: Any) -> Any:
         def run(remaining: int | None) -> tuple[int, bool]:
             nbytes, complete = module_bytes(build, dtype, remaining)
-            on_disk = parts[component].weights.nbytes
+            part = parts[component]
+            on_disk = part.weights.nbytes if part.disk_bytes is None else part.disk_bytes
             return max(nbytes, on_disk), complete or on_disk > nbytes
         return run
 
@@ -750,6 +757,11 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
         raise error("; ".join(problems))
     unet_config = read_config(folder / "unet" / "config.json", folder, ModelLoadError)
     base = unet2d_config_of(unet_config) if unet_class == "UNetMotionModel" else unet_config
+    ours, theirs = list(base.get("block_out_channels", ())), list(motion.config.get("block_out_channels", ()))
+    if ours != theirs:
+        raise error(f"the motion adapter {motion.label!r} is made for a UNet with block channels {theirs}, and the "
+                    f"UNet of {source!r} has {ours}: it belongs to another model family (an SDXL motion module on "
+                    "an SD 1.5 model, for instance)")
     try:
         config = motion_unet_config(base, motion.config)
     except Exception as exc:
@@ -765,6 +777,8 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
     part.weights = WeightSet(part.weights.folder, part.weights.variant, part.weights.format,
                              part.weights.files + motion.weights.files)
     part.infos = {**part.infos, **motion.infos}
+    if part.disk_bytes is not None:
+        part.disk_bytes += motion.weights.nbytes
     part.rename = rename
     part.build = lambda: diffusers.UNetMotionModel.from_config(config)
     return motion
@@ -853,9 +867,27 @@ def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path
         except Exception as exc:
             raise ModelLoadError(f"the checkpoint {source!r}: its {component} ({LDM_PREFIXES[component]}*) does not "
                                  f"convert from LDM's layout: {type(exc).__name__}: {exc}") from None
+        own = sum(info.numel * _ITEMSIZE.get(info.dtype, 4) for key, info in tensors.items() if rename(key))
         parts[component] = _Part(component, weights, infos, config=part_config, rename=rename,
-                                 fit=fit_ldm if component == "vae" else None)
+                                 fit=fit_ldm if component == "vae" else None, disk_bytes=own)
+    renames = {c: p.rename for c, p in parts.items()}
+    try:  # the file against its configs first (meta builds only), before a motion adapter is joined to the UNet
+        _build_parts(folder, index, parts, None)
+    except ModelLoadError as exc:
+        raise _single_file_error(exc, config) from None
+    for component, part in parts.items():  # built again (and renamed again) once the adapter is joined
+        part.module, part.rename = None, renames[component]
     return folder, files, index, parts
+
+
+def _single_file_error(exc: ModelLoadError, config: str | None) -> ModelLoadError:
+    """A single checkpoint's parts against configs that do not describe them: the configs are what to change, so
+    the error names ``config`` (or ``source`` with the shipped configs) and says so."""
+    if exc.input != "source":
+        return exc
+    where = f"the configs in {config!r}" if config else "the shipped Stable Diffusion 1.5 configs"
+    return ModelLoadError(f"{exc} (checked against {where}; give the checkpoint's own configs as config: a diffusers "
+                          "folder of the same architecture)", input="config" if config else "source")
 
 
 def input_fingerprint(value: str | None) -> Any:
@@ -945,7 +977,10 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
             return cached  # already in memory: nothing new is allocated
         unet_configs = _unet_config_candidates(folder, unet_config) if unet_path is not None else None
         _estimate_bytes(folder, index, parts, torch_dtype, max_bytes, source, unet_configs)
-        _build_parts(folder, index, parts, unet_configs)
+        try:
+            _build_parts(folder, index, parts, unet_configs)
+        except ModelLoadError as exc:
+            raise exc if single is None else _single_file_error(exc, config) from None
         handles = _load_folder(folder, source, index, parts, resolved_device, torch_dtype)
         _apply_speedups(handles, memory_format, compile)
         # Drop stale entries for the same source/folder/settings (the files changed).

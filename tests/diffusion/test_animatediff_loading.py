@@ -7,6 +7,7 @@ other layouts are written from the same modules (see ``animatediff_layouts``), a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,192 @@ def test_replacing_an_animatediff_folders_motion_modules(layouts: dict[str, Any]
     for key in base:
         scale = 0.5 if ".motion_modules." in key and not key.endswith(".pe") else 1.0
         assert torch.equal(swapped[key], base[key] * scale), key
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+
+
+def _run_load(engine: Any, tmp_path: Path, **inputs: str) -> Any:
+    """Run one load_model node; the NodeFailed it raises."""
+    from reelgraph import NodeFailed
+
+    doc = {"reelgraph": 1, "name": "t", "nodes": {"m": {"type": "load_model", "inputs": inputs}}}
+    with pytest.raises(NodeFailed) as info:
+        engine.run(doc, out_dir=tmp_path, allow_paths=[tmp_path, Path(inputs["source"]).parent.parent, Path("/tmp")])
+    return info.value
+
+
+def test_what_is_not_a_motion_adapter_is_refused_by_name(layouts: dict[str, Any], tiny_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """A LoRA, a ModelScope UNet3D file or folder, a whole AnimateDiff folder and an adapter of another family are
+    refused on motion_adapter saying what they are; so is an adapter on a ModelScope source, and an SD folder
+    without one."""
+    from diffusers import MotionAdapter
+
+    from reelgraph.nodes.tiny_models import ensure_tiny_lora
+
+    sd = str(layouts["sd"])
+    refusals = {
+        str(ensure_tiny_lora()): "is a LoRA",
+        str(tiny_dir / "unet" / "diffusion_pytorch_model.safetensors"): "ModelScope / Zeroscope UNet3D",
+        str(tiny_dir): "whole TextToVideoSDPipeline model folder",
+        str(ensure_tiny_animatediff()): "Give its motion_adapter/ folder",
+    }
+    wide = MotionAdapter(block_out_channels=(64, 128), motion_layers_per_block=1)
+    wide.save_pretrained(tmp_path / "sdxl-like", safe_serialization=True)
+    refusals[str(tmp_path / "sdxl-like")] = r"block channels \[64, 128\].*has \[32, 64\]"
+    for adapter, words in refusals.items():
+        with pytest.raises(ModelLoadError, match=words) as info:
+            load_model(sd, device="cpu", motion_adapter=adapter)
+        assert info.value.input == "motion_adapter", adapter
+    with pytest.raises(ModelLoadError, match="ModelScope-style text-to-video") as info:
+        load_model(str(tiny_dir), device="cpu", motion_adapter=str(layouts["root"] / "adapter"))
+    assert info.value.input == "motion_adapter"
+    with pytest.raises(ModelLoadError, match="set motion_adapter to an AnimateDiff motion module") as info:
+        load_model(sd, device="cpu")
+    assert info.value.input == "motion_adapter"
+
+
+def test_motion_file_with_missing_or_extra_keys_names_them(engine: Any, layouts: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    """An original-layout file lacking a weight or holding an unknown tensor is refused on motion_adapter
+    (model_load_failed), naming the key."""
+    from safetensors.torch import save_file
+
+    original = dict(layouts["original"])
+    missing = "up_blocks.1.motion_modules.1.temporal_transformer.proj_out.weight"
+    del original[missing]
+    save_file({k: v.contiguous() for k, v in original.items()}, str(tmp_path / "mm_missing.safetensors"))
+    failed = _run_load(engine, tmp_path, source=str(layouts["sd"]),
+                       motion_adapter=str(tmp_path / "mm_missing.safetensors"))
+    assert (failed.code, failed.input) == ("model_load_failed", "motion_adapter")
+    assert "up_blocks.1.motion_modules.1.proj_out.weight" in failed.message and "not in" in failed.message
+
+    extra = dict(layouts["original"])
+    bogus = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.gate.weight"
+    extra[bogus] = torch.zeros(3)
+    torch.save(extra, tmp_path / "mm_extra.ckpt")
+    failed = _run_load(engine, tmp_path, source=str(layouts["sd"]), motion_adapter=str(tmp_path / "mm_extra.ckpt"))
+    assert (failed.code, failed.input) == ("model_load_failed", "motion_adapter")
+    assert bogus in failed.message and "not weights of a motion adapter" in failed.message
+
+
+class _Payload:
+    """Unpickling this runs code (writes a marker file): what a malicious checkpoint does."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickle_motion_module_with_code_is_refused(layouts: dict[str, Any], tmp_path: Path) -> None:
+    """A .ckpt whose pickle would run code is refused by torch.load(weights_only=True): the code never runs."""
+    import pickle
+
+    marker = tmp_path / "ran"
+    state = dict(layouts["original"])
+    state["down_blocks.0.motion_modules.0.temporal_transformer.norm.weight"] = _Payload(str(marker))
+    bad = tmp_path / "mm_sd_v15_v2.ckpt"
+    with open(bad, "wb") as handle:
+        pickle.dump(state, handle)
+    with pytest.raises(ModelLoadError, match="refused or is unreadable") as info:
+        load_model(str(layouts["sd"]), device="cpu", motion_adapter=str(bad))
+    assert info.value.input == "motion_adapter" and not marker.exists()
+
+
+def test_config_that_does_not_describe_the_checkpoint(engine: Any, layouts: dict[str, Any], tmp_path: Path) -> None:
+    """A single checkpoint with a config of other shapes is refused on config, naming the shapes; with the shipped
+    SD 1.5 configs (a tiny file is not SD 1.5) on source; a ModelScope folder as config is refused as such."""
+    from .animatediff_layouts import copy_tree
+
+    root = layouts["root"]
+    wrong = copy_tree(layouts["config"], tmp_path / "wrong-config")
+    config = json.loads((wrong / "vae" / "config.json").read_text())
+    config["latent_channels"] = 8
+    (wrong / "vae" / "config.json").write_text(json.dumps(config))
+    failed = _run_load(engine, tmp_path, source=str(root / "tiny-sd15.safetensors"),
+                       motion_adapter=str(root / "adapter"), config=str(wrong))
+    assert (failed.code, failed.input) == ("model_load_failed", "config")
+    assert "encoder.conv_out.weight [8, 32, 3, 3] (the config wants [16, 32, 3, 3])" in failed.message
+
+    with pytest.raises(ModelLoadError, match=r"shipped Stable Diffusion 1\.5 configs") as info:
+        load_model(str(root / "tiny-sd15.safetensors"), device="cpu", motion_adapter=str(root / "adapter"))
+    assert info.value.input == "source" and "[32, 4, 3, 3] (the config wants [320, 4, 3, 3])" in str(info.value)
+
+    with pytest.raises(ModelLoadError, match="describes a TextToVideoSDPipeline model") as info:
+        load_model(str(root / "tiny-sd15.safetensors"), device="cpu", motion_adapter=str(root / "adapter"),
+                   config=str(ensure_tiny_animatediff().parent / "tiny-v1"))
+    assert info.value.input == "config"
+    with pytest.raises(ModelLoadError, match="config describes a single checkpoint") as info:
+        load_model(str(layouts["sd"]), device="cpu", motion_adapter=str(root / "adapter"), config=str(wrong))
+    assert info.value.input == "config"
+
+
+def test_adapter_folders_follow_the_folder_rules(layouts: dict[str, Any], tmp_path: Path) -> None:
+    """An adapter folder whose config asks for remote code, or with a link out of it, is refused; so is a motion
+    file that is a link leading out of its folder."""
+    from .animatediff_layouts import copy_tree
+
+    remote = copy_tree(layouts["root"] / "adapter", tmp_path / "remote")
+    config = json.loads((remote / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "evil.Model"}
+    (remote / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="auto_map") as info:
+        load_model(str(layouts["sd"]), device="cpu", motion_adapter=str(remote))
+    assert info.value.input == "motion_adapter"
+
+    linked = copy_tree(layouts["root"] / "adapter", tmp_path / "linked")
+    (linked / "diffusion_pytorch_model.safetensors").unlink()
+    (linked / "diffusion_pytorch_model.safetensors").symlink_to(layouts["root"] / "adapter" /
+                                                                "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ModelLoadError, match="symbolic link that does not lead inside") as info:
+        load_model(str(layouts["sd"]), device="cpu", motion_adapter=str(linked))
+    assert info.value.input == "motion_adapter"
+    (tmp_path / "files").mkdir()
+    link = tmp_path / "files" / "mm.safetensors"
+    link.symlink_to(layouts["root"] / "mm_tiny.safetensors")
+    with pytest.raises(ModelLoadError, match="symbolic link") as info:
+        load_model(str(layouts["sd"]), device="cpu", motion_adapter=str(link))
+    assert info.value.input == "motion_adapter"
+
+
+def test_memory_limit_counts_the_motion_modules_once(layouts: dict[str, Any]) -> None:
+    """The size check before building counts the motion modules, and a single checkpoint's parts each once: a
+    limit between the model without and with its motion modules refuses (too large) before anything is allocated,
+    and one a quarter above the whole model loads (counting the file three times would need three times as much)."""
+    from reelgraph.nodes.model_loading import ModelTooLarge
+
+    parts = layouts["parts"]
+    image = sum(p.numel() * 4 for name in ("unet", "vae", "text_encoder") for p in parts[name].parameters())
+    motion = sum(t.numel() * 4 for t in layouts["adapter_state"].values())
+    scheduler = 1000 * 64
+    for case in ("SD folder + original .ckpt", "LDM file + config + MotionAdapter folder"):
+        with pytest.raises(ModelTooLarge, match="would need") as info:
+            load_model(**layouts["cases"][case], device="cpu", max_bytes=image + motion // 2)
+        assert info.value.nbytes > image + motion // 2
+        handles = load_model(**layouts["cases"][case], device="cpu", max_bytes=int((image + motion) * 1.25) + scheduler)
+        assert handles[0].module.dtype == torch.float32
+
+
+def test_fingerprint_follows_the_adapter_and_config_files(layouts: dict[str, Any], tmp_path: Path) -> None:
+    """load_model's cache key changes when the motion-module file, the single checkpoint or its config change."""
+    import os
+
+    from reelgraph.nodes.model_nodes import _load_fingerprint
+
+    from .animatediff_layouts import copy_tree
+
+    root = layouts["root"]
+    adapter = tmp_path / "mm.safetensors"
+    adapter.write_bytes((root / "mm_tiny.safetensors").read_bytes())
+    config = copy_tree(layouts["config"], tmp_path / "cfg")
+    values = {"source": str(root / "tiny-sd15.safetensors"), "motion_adapter": str(adapter), "config": str(config)}
+    first = _load_fingerprint(values, None)
+    os.utime(adapter, ns=(1, 1))
+    second = _load_fingerprint(values, None)
+    (config / "scheduler" / "scheduler_config.json").write_text("{}")
+    third = _load_fingerprint(values, None)
+    assert first != second != third != first
+    assert _load_fingerprint(values, None) == third
