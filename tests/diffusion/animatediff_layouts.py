@@ -205,3 +205,51 @@ def copy_tree(src: Path, dst: Path) -> Path:
     """A copy of a folder (tests edit copies, never the shared builtin)."""
     shutil.copytree(src, dst)
     return dst
+
+
+def write_sparse_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], dtype: str = "F16") -> int:
+    """A safetensors file with these tensor names and shapes whose data is a hole (a sparse file: no disk, no
+    memory), for checks that read headers only, at a real model's size; returns its size in bytes."""
+    itemsize = {"F16": 2, "F32": 4}[dtype]
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        n = 1
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n * itemsize]}
+        offset += n * itemsize
+    raw = json.dumps(header).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as handle:
+        handle.write(len(raw).to_bytes(8, "little"))
+        handle.write(raw)
+        handle.truncate(8 + len(raw) + offset)
+    return 8 + len(raw) + offset
+
+
+def full_size_sd15_shapes() -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """The tensor shapes of a full Stable Diffusion 1.5 checkpoint in LDM's layout (from the shipped configs, built
+    on the meta device) and of AnimateDiff's v2 motion module in its original layout (diffusers' MotionAdapter
+    defaults are v2's: 320-1280 channels, 2 modules a block, a mid block, 32 positions)."""
+    from diffusers import AutoencoderKL, MotionAdapter, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from reelgraph.nodes.animatediff.shipped import SD15_CONFIG_DIR
+
+    def config(name: str) -> dict[str, Any]:
+        return json.loads((SD15_CONFIG_DIR / name / "config.json").read_text())
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(config("unet"))
+        vae = AutoencoderKL.from_config(config("vae"))
+        text = CLIPTextModel(CLIPTextConfig(**config("text_encoder")))
+        adapter = MotionAdapter()
+    u, _ = unet_to_ldm(unet.state_dict(), dict(unet.config))
+    v, _ = vae_to_ldm(vae.state_dict(), dict(vae.config))
+    shapes = {f"model.diffusion_model.{k}": tuple(t.shape) for k, t in u.items()}
+    shapes.update({f"first_stage_model.{k}": tuple(t.shape) for k, t in v.items()})
+    text_prefix = "cond_stage_model.transformer.text_model."
+    shapes.update({text_prefix + k: tuple(t.shape) for k, t in text.state_dict().items()})
+    motion = {k: tuple(t.shape) for k, t in motion_to_original(adapter.state_dict()).items()}
+    return shapes, motion

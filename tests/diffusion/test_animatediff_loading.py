@@ -373,3 +373,43 @@ def test_fingerprint_follows_the_adapter_and_config_files(layouts: dict[str, Any
     third = _load_fingerprint(values, None)
     assert first != second != third != first
     assert _load_fingerprint(values, None) == third
+
+
+def test_full_size_checkpoint_fits_the_shipped_sd15_configs(tmp_path: Path) -> None:
+    """A full-size SD 1.5 LDM checkpoint and a v2-size original motion module (sparse files: real headers, no
+    data) pass every check against the shipped configs (keys, shapes, the adapter joined to the UNet) and reach the
+    memory check, whose estimate is the real model's size: 1.07 G image parameters + 0.45 G motion parameters."""
+    from reelgraph.nodes.model_loading import ModelTooLarge
+
+    from .animatediff_layouts import full_size_sd15_shapes, write_sparse_safetensors
+
+    checkpoint, motion = full_size_sd15_shapes()
+    write_sparse_safetensors(tmp_path / "v1-5-pruned-emaonly.safetensors", checkpoint)
+    write_sparse_safetensors(tmp_path / "mm_sd_v15_v2.safetensors", motion)
+    with pytest.raises(ModelTooLarge) as info:
+        load_model(str(tmp_path / "v1-5-pruned-emaonly.safetensors"), device="cpu", dtype="float16",
+                   motion_adapter=str(tmp_path / "mm_sd_v15_v2.safetensors"), max_bytes=2_900_000_000)
+    # The limit passes with the last network: the estimate is complete. fp16; every part counted once (its own
+    # tensors, not the whole file): UNet 0.86 G + motion 0.45 G + VAE 0.08 G + CLIP 0.12 G parameters.
+    params = info.value.nbytes / 2
+    assert 1.50e9 < params < 1.54e9, params
+
+
+def test_shipped_clip_tokenizer_is_clips() -> None:
+    """The tokenizer derived from the shipped BPE file is CLIP's: 49408 entries, the byte symbols first, the
+    markers at 49406 / 49407, and CLIP's ids for known prompts (as openai/clip-vit-large-patch14 gives them)."""
+    import hashlib
+
+    from reelgraph.nodes.animatediff.shipped import _BPE, BPE_SHA256, clip_bpe, clip_tokenizer, clip_vocab
+
+    assert hashlib.sha256(_BPE.read_bytes()).hexdigest() == BPE_SHA256
+    merges = clip_bpe()
+    vocab = clip_vocab(merges)
+    assert len(merges) == 48894 and len(vocab) == 49408
+    assert (vocab["!"], vocab["!</w>"], vocab["".join(merges[0])]) == (0, 256, 512)
+    tokenizer = clip_tokenizer()
+    assert (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) == (49406, 49407, 49407)
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert tokenizer("An astronaut riding a horse").input_ids == [49406, 550, 18376, 6765, 320, 4558, 49407]
+    padded = tokenizer("a cat", padding="max_length", max_length=77).input_ids
+    assert len(padded) == 77 and padded[:4] == [49406, 320, 2368, 49407] and set(padded[4:]) == {49407}
