@@ -1,6 +1,9 @@
 """AnimateDiff (``UNetMotionModel``) through reelgraph's sampling loops, against diffusers' three AnimateDiff
 pipelines on the same tiny model and seed: text-to-video, video-to-video (from pixels and from latents) and
-per-frame SD ControlNet; DDIM inversion; the motion modules' frame limit and context windows."""
+per-frame SD ControlNet; DDIM inversion; the motion modules' frame limit and context windows.
+
+reelgraph's side loads ``builtin:tiny-animatediff`` and ``builtin:tiny-animatediff-controlnet`` through
+``load_model`` / ``load_controlnet``; diffusers' side loads the same folders with its own ``from_pretrained``."""
 
 from __future__ import annotations
 
@@ -35,23 +38,27 @@ def _quiet(pipe):
 
 
 @pytest.fixture(scope="module")
-def ad(tiny_animatediff) -> tuple:
-    """(UNet3D, VAE, TextEncoder, Scheduler) of the tiny AnimateDiff model."""
-    return tiny_animatediff
+def ad(reelgraph_home) -> tuple:
+    """(UNet3D, VAE, TextEncoder, Scheduler) of ``builtin:tiny-animatediff``, through ``load_model``."""
+    from reelgraph.nodes.model_loading import clear_model_cache, load_model
+
+    yield load_model("builtin:tiny-animatediff", device="cpu")
+    clear_model_cache()
 
 
 @pytest.fixture(scope="module")
 def t2v_pipe(ad):
-    """``AnimateDiffPipeline`` on the very modules reelgraph samples with."""
-    from diffusers import AnimateDiffPipeline, DDIMScheduler
+    """``AnimateDiffPipeline`` loaded by diffusers itself from the builtin folder."""
+    from diffusers import AnimateDiffPipeline
 
-    unet, vae, text, scheduler = ad
-    assert scheduler.class_name == "DDIMScheduler"
+    from reelgraph.nodes.animatediff.tiny import ensure_tiny_animatediff
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _quiet(AnimateDiffPipeline(vae=vae.module, text_encoder=text.module, tokenizer=text.tokenizer,
-                                          unet=unet.module, motion_adapter=None,
-                                          scheduler=DDIMScheduler.from_config(scheduler.config)))
+        pipe = AnimateDiffPipeline.from_pretrained(ensure_tiny_animatediff(), local_files_only=True)
+    assert type(pipe.scheduler).__name__ == ad[3].class_name == "DDIMScheduler"
+    assert pipe.scheduler.config.timestep_spacing == "linspace"  # AnimateDiff's inference schedule
+    return _quiet(pipe)
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +159,8 @@ def test_v2v_matches_pipeline_from_pixels(ad, v2v_pipe, cond) -> None:
         output_type="pt"))
     gen = torch.Generator("cpu").manual_seed(5)
     latents = vae_encode(vae, Video(pixels), chunk_frames=FRAMES, generator=gen)
-    noise = torch.randn((1, FRAMES, 4, HEIGHT // 4, WIDTH // 4), generator=gen).permute(0, 2, 1, 3, 4)
+    factor = vae.scale_factor
+    noise = torch.randn((1, FRAMES, 4, HEIGHT // factor, WIDTH // factor), generator=gen).permute(0, 2, 1, 3, 4)
     out = denoise(unet, scheduler, cond, latents=latents, steps=STEPS, guidance_scale=GUIDANCE, seed=5,
                   strength=0.6, noise=noise)
     diff = (vae_decode(vae, out).frames - ref).abs().max().item()
@@ -164,8 +172,11 @@ def test_v2v_matches_pipeline_from_pixels(ad, v2v_pipe, cond) -> None:
 
 
 @pytest.fixture(scope="module")
-def controlnet(tiny_animatediff_controlnet) -> ControlNet:
-    return tiny_animatediff_controlnet
+def controlnet(reelgraph_home) -> ControlNet:
+    from reelgraph.nodes.controlnet import clear_controlnet_cache, load_controlnet
+
+    yield load_controlnet("builtin:tiny-animatediff-controlnet", device="cpu")
+    clear_controlnet_cache()
 
 
 def test_sd_controlnet_fits_the_motion_unet(ad, controlnet) -> None:
@@ -175,14 +186,17 @@ def test_sd_controlnet_fits_the_motion_unet(ad, controlnet) -> None:
 @pytest.mark.parametrize(("scale", "start", "end"), [(1.0, 0.0, 1.0), (0.7, 0.25, 0.75)])
 def test_controlnet_matches_animatediff_controlnet_pipeline(ad, t2v_pipe, cond, controlnet, scale: float,
                                                             start: float, end: float) -> None:
-    from diffusers import AnimateDiffControlNetPipeline
+    from diffusers import AnimateDiffControlNetPipeline, ControlNetModel
+
+    from reelgraph.nodes.animatediff.tiny_controlnet import ensure_tiny_animatediff_controlnet
 
     unet, vae, _, scheduler = ad
     control = torch.rand(FRAMES, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(21))
     components = {k: v for k, v in t2v_pipe.components.items() if k != "feature_extractor"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pipe = _quiet(AnimateDiffControlNetPipeline(**{**components, "controlnet": controlnet.module}))
+        reference_cn = ControlNetModel.from_pretrained(ensure_tiny_animatediff_controlnet(), local_files_only=True)
+        pipe = _quiet(AnimateDiffControlNetPipeline(**{**components, "controlnet": reference_cn}))
     _set_scheduler(pipe, None, scheduler.config)
     ref = _frames(pipe(
         PROMPT, negative_prompt=NEGATIVE, num_frames=FRAMES, height=HEIGHT, width=WIDTH,
@@ -279,54 +293,10 @@ def test_context_windows_run_a_clip_longer_than_the_motion_modules(ad, cond) -> 
         out = denoise(unet, scheduler, cond, frames, 16, 16, 2, GUIDANCE, 0, context_frames=8, context_overlap=2)
     finally:
         hook.remove()
-    assert out.shape == (1, 4, frames, 4, 4) and bool(torch.isfinite(out).all())
+    side = 16 // unet.vae_scale_factor
+    assert out.shape == (1, 4, frames, side, side) and bool(torch.isfinite(out).all())
     assert set(seen) == {8}
     whole = denoise(unet, scheduler, cond, 8, 16, 16, 2, GUIDANCE, 0)
     one_window = denoise(unet, scheduler, cond, 8, 16, 16, 2, GUIDANCE, 0, context_frames=8)
     assert torch.equal(whole, one_window)
 
-
-# ------------------------------------------------------------------------------------------------ models
-
-
-@pytest.fixture(scope="module")
-def tiny_animatediff() -> tuple:
-    """A tiny AnimateDiff model built with diffusers constructors (UNet2D + MotionAdapter -> UNetMotionModel)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, UNet2DConditionModel, UNetMotionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    from reelgraph.nodes import tiny_models as tm
-    from reelgraph.nodes.values import VAE, Scheduler, TextEncoder
-
-    gen = torch.Generator().manual_seed(0)
-    unet2d = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(16, 32), layers_per_block=1,
-        norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4)
-    adapter = MotionAdapter(block_out_channels=(16, 32), motion_layers_per_block=1, motion_norm_num_groups=8,
-                            motion_num_attention_heads=2, motion_max_seq_length=16)
-    vocab, merges = tm.build_tiny_tokenizer_files()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), bos_token_id=vocab["<|startoftext|>"],
-                                        eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
-                                        **tm._TEXT_CONFIG))
-    vae = AutoencoderKL(**tm._VAE_CONFIG)
-    for model in (unet2d, adapter, text, vae):
-        tm._seeded_init(model, gen)
-    unet = UNetMotionModel.from_unet2d(unet2d, adapter).eval()
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="linear", clip_sample=False,
-                          timestep_spacing="linspace", steps_offset=1)
-    src = "test:tiny-animatediff"
-    return (UNet3D(unet, src, vae_scale_factor=4), VAE(vae.eval(), src), TextEncoder(tokenizer, text.eval(), src),
-            Scheduler("DDIMScheduler", dict(sched.config), src))
-
-
-@pytest.fixture(scope="module")
-def tiny_animatediff_controlnet() -> ControlNet:
-    from diffusers import ControlNetModel
-
-    from reelgraph.nodes import tiny_models as tm
-
-    model = ControlNetModel(**tm._CONTROLNET_CONFIG)
-    tm._seeded_init(model, torch.Generator().manual_seed(1))
-    return ControlNet(model.eval(), "test:tiny-sd-controlnet")
