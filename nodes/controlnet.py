@@ -73,15 +73,27 @@ class ControlError(ValueError):
 # --------------------------------------------------------------------------------------------- loading
 
 
+def _builtins() -> dict[str, tuple[str, Any]]:
+    """The builtin ControlNets: source id -> (folder name, function that builds the folder if missing)."""
+    from .animatediff.tiny_controlnet import (
+        TINY_ANIMATEDIFF_CONTROLNET_NAME,
+        TINY_ANIMATEDIFF_CONTROLNET_SOURCE,
+        ensure_tiny_animatediff_controlnet,
+    )
+    from .tiny_models import TINY_CONTROLNET_NAME, TINY_CONTROLNET_SOURCE, ensure_tiny_controlnet
+
+    return {TINY_CONTROLNET_SOURCE: (TINY_CONTROLNET_NAME, ensure_tiny_controlnet),
+            TINY_ANIMATEDIFF_CONTROLNET_SOURCE: (TINY_ANIMATEDIFF_CONTROLNET_NAME, ensure_tiny_animatediff_controlnet)}
+
+
 def _resolve(source: str) -> Path:
     """Map a source id to a folder or a single ``.safetensors`` file."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_CONTROLNET_SOURCE, ensure_tiny_controlnet
-
-        if source != TINY_CONTROLNET_SOURCE:
-            raise ControlNetLoadError(f"unknown builtin ControlNet {source!r}; the only one is "
-                                      f"{TINY_CONTROLNET_SOURCE!r}")
-        return ensure_tiny_controlnet().resolve()
+        builtins = _builtins()
+        if source not in builtins:
+            raise ControlNetLoadError(f"unknown builtin ControlNet {source!r}; the builtins are "
+                                      f"{', '.join(repr(name) for name in builtins)}")
+        return builtins[source][1]().resolve()
     path = Path(source).expanduser()
     if not path.exists():
         raise ControlNetLoadError(f"ControlNet {source!r} does not exist")
@@ -110,9 +122,7 @@ def _scan(folder: Path) -> list[FolderFile]:
 def controlnet_fingerprint(source: str) -> list[Any]:
     """What identifies a ControlNet source's content without reading weights (for the node's cache key)."""
     if source.startswith("builtin:"):
-        from .tiny_models import TINY_CONTROLNET_NAME
-
-        return [source, TINY_CONTROLNET_NAME]
+        return [source, _builtins().get(source, (None,))[0]]
     path = Path(source).expanduser()
     if not path.exists():
         return [source, None]
@@ -232,8 +242,9 @@ def _load_single_file(path: Path, dtype: torch.dtype, max_bytes: int | None = No
 
 def load_controlnet(source: str, device: str = "auto", dtype: str = "float32",
                     max_bytes: int | None = None) -> ControlNet:
-    """Load a ``ControlNetModel`` from a diffusers folder, a single weight file (config beside it) or
-    ``builtin:tiny`` onto ``device`` in ``dtype``; cached per process (treat the module as read-only).
+    """Load a ``ControlNetModel`` from a diffusers folder, a single weight file (config beside it),
+    ``builtin:tiny`` or ``builtin:tiny-animatediff-controlnet`` onto ``device`` in ``dtype``; cached per process
+    (treat the module as read-only).
 
     Raises ``ControlNetLoadError`` for a missing, malformed or unsafe source (see the module docstring), a
     refused pickle, weights that do not fit the config, or another class, and ``ModelTooLarge`` when its config
