@@ -413,3 +413,31 @@ def test_shipped_clip_tokenizer_is_clips() -> None:
     assert tokenizer("An astronaut riding a horse").input_ids == [49406, 550, 18376, 6765, 320, 4558, 49407]
     padded = tokenizer("a cat", padding="max_length", max_length=77).input_ids
     assert len(padded) == 77 and padded[:4] == [49406, 320, 2368, 49407] and set(padded[4:]) == {49407}
+
+
+def _frames_doc(model: dict[str, str]) -> dict[str, Any]:
+    return {"reelgraph": 1, "name": "ad-layout", "nodes": {
+        "model": {"type": "load_model", "inputs": {**model, "device": "cpu"}},
+        "text": {"type": "clip_text_encode", "inputs": {"text_encoder": {"from": "model.text_encoder"},
+                                                        "prompt": "a red ball bouncing", "negative_prompt": "blur"}},
+        "sample": {"type": "unet3d_denoise", "inputs": {
+            "unet": {"from": "model.unet"}, "scheduler": {"from": "model.scheduler"},
+            "conditioning": {"from": "text.conditioning"}, "frames": 6, "height": 16, "width": 16, "steps": 3,
+            "guidance_scale": 7.5, "seed": 3}},
+        "decode": {"type": "vae_decode", "inputs": {"vae": {"from": "model.vae"},
+                                                    "latents": {"from": "sample.latents"}}},
+    }}
+
+
+def test_every_layout_gives_the_same_frames_through_the_engine(engine: Any, layouts: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    """Text-to-video through the engine (load_model -> clip_text_encode -> unet3d_denoise -> vae_decode) gives
+    bit-identical frames from the AnimateDiff folder, the SD folder + original .ckpt and the LDM file + config."""
+    frames = {}
+    for case in ("animatediff folder", "SD folder + original .ckpt", "LDM file + config + original .ckpt"):
+        result = engine.run(_frames_doc(layouts["cases"][case]), outputs=["decode.video"], out_dir=tmp_path,
+                            allow_paths=[tmp_path, layouts["root"], ensure_tiny_animatediff().parent])
+        frames[case] = result.outputs["decode.video"].frames
+    reference = frames.pop("animatediff folder")
+    assert tuple(reference.shape)[-2:] == (16, 16) and reference.std() > 0
+    assert {case: (f - reference).abs().max().item() for case, f in frames.items()} == dict.fromkeys(frames, 0.0)
