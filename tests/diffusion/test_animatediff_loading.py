@@ -112,6 +112,9 @@ def layouts(tiny_ad: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     torch.save(original, root / "mm_tiny.ckpt")
     write_animatediff_unet2d_folder(root / "ad-unet2d", parts)
     counts = write_ldm_checkpoint(root / "tiny-sd15.safetensors", parts)
+    from safetensors.torch import load_file
+
+    torch.save({"state_dict": load_file(root / "tiny-sd15.safetensors")}, root / "tiny-sd15.ckpt")
     config = write_sd_folder(root / "tiny-config", parts, weights=False)
     cases = {
         "animatediff folder": {"source": str(tiny_ad)},
@@ -121,6 +124,8 @@ def layouts(tiny_ad: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         "SD folder + original .ckpt": {"source": str(sd), "motion_adapter": str(root / "mm_tiny.ckpt")},
         "LDM file + config + original .ckpt": {"source": str(root / "tiny-sd15.safetensors"),
                                                "motion_adapter": str(root / "mm_tiny.ckpt"), "config": str(config)},
+        "LDM .ckpt (state_dict) + config + MotionAdapter folder": {
+            "source": str(root / "tiny-sd15.ckpt"), "motion_adapter": str(root / "adapter"), "config": str(config)},
         "LDM file + config + MotionAdapter folder": {"source": str(root / "tiny-sd15.safetensors"),
                                                      "motion_adapter": str(root / "adapter"), "config": str(config)},
     }
@@ -153,7 +158,7 @@ def _outputs(handles: tuple) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("case", [
     "animatediff folder, UNet2D + motion_adapter/", "SD folder + MotionAdapter folder",
     "SD folder + original .safetensors", "SD folder + original .ckpt", "LDM file + config + original .ckpt",
-    "LDM file + config + MotionAdapter folder"])
+    "LDM file + config + MotionAdapter folder", "LDM .ckpt (state_dict) + config + MotionAdapter folder"])
 def test_every_layout_loads_the_same_model(layouts: dict[str, Any], case: str) -> None:
     """Each layout gives bit-identical UNetMotionModel / VAE / text-encoder state dicts and the same outputs (a UNet
     forward, a VAE decode, a text encoding) as the AnimateDiff folder diffusers saved."""
@@ -204,6 +209,7 @@ def test_what_is_not_a_motion_adapter_is_refused_by_name(layouts: dict[str, Any]
     refused on motion_adapter saying what they are; so is an adapter on a ModelScope source, and an SD folder
     without one."""
     from diffusers import MotionAdapter
+    from safetensors.torch import save_file
 
     from reelgraph.nodes.tiny_models import ensure_tiny_lora
 
@@ -214,6 +220,11 @@ def test_what_is_not_a_motion_adapter_is_refused_by_name(layouts: dict[str, Any]
         str(tiny_dir): "whole TextToVideoSDPipeline model folder",
         str(ensure_tiny_animatediff()): "Give its motion_adapter/ folder",
     }
+    motion_lora = tmp_path / "v2_lora_ZoomIn.safetensors"  # AnimateDiff's motion LoRAs: processor LoRA layers
+    key = "down_blocks.0.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.processor"
+    save_file({f"{key}.to_q_lora.down.weight": torch.zeros(4, 32), f"{key}.to_q_lora.up.weight": torch.zeros(32, 4)},
+              str(motion_lora))
+    refusals[str(motion_lora)] = "is a LoRA"
     wide = MotionAdapter(block_out_channels=(64, 128), motion_layers_per_block=1)
     wide.save_pretrained(tmp_path / "sdxl-like", safe_serialization=True)
     refusals[str(tmp_path / "sdxl-like")] = r"block channels \[64, 128\].*has \[32, 64\]"
