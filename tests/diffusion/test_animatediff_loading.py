@@ -452,3 +452,23 @@ def test_every_layout_gives_the_same_frames_through_the_engine(engine: Any, layo
     reference = frames.pop("animatediff folder")
     assert tuple(reference.shape)[-2:] == (16, 16) and reference.std() > 0
     assert {case: (f - reference).abs().max().item() for case, f in frames.items()} == dict.fromkeys(frames, 0.0)
+
+
+def test_motion_unet_config_is_from_unet2d_s(layouts: dict[str, Any]) -> None:
+    """The UNetMotionModel config computed from the two configs equals the one diffusers' from_unet2d builds, for
+    the tiny model and for SD 1.5 + AnimateDiff v2 (built on the meta device), and incompatible ones are refused."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from reelgraph.nodes.animatediff.adapters import motion_unet_config
+    from reelgraph.nodes.animatediff.shipped import SD15_CONFIG_DIR
+
+    sd15 = json.loads((SD15_CONFIG_DIR / "unet" / "config.json").read_text())
+    tiny = dict(layouts["parts"]["unet"].config)
+    for unet_config, adapter_config in ((tiny, dict(layouts["parts"]["motion_adapter"].config)), (sd15, {})):
+        with torch.device("meta"):
+            want = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_config(unet_config),
+                                               MotionAdapter.from_config(adapter_config), load_weights=False).config
+        got = motion_unet_config(unet_config, adapter_config)
+        assert {k: got[k] for k in want if not k.startswith("_")} == {k: want[k] for k in want if not k.startswith("_")}
+    with pytest.raises(ValueError, match="number of layers per block"):
+        motion_unet_config(sd15, {"motion_layers_per_block": 1})
