@@ -472,3 +472,20 @@ def test_motion_unet_config_is_from_unet2d_s(layouts: dict[str, Any]) -> None:
         assert {k: got[k] for k in want if not k.startswith("_")} == {k: want[k] for k in want if not k.startswith("_")}
     with pytest.raises(ValueError, match="number of layers per block"):
         motion_unet_config(sd15, {"motion_layers_per_block": 1})
+
+
+def test_header_cache_follows_the_file(tmp_path: Path) -> None:
+    """A safetensors header is parsed once per file version (a single checkpoint is read for three parts), and a
+    rewritten file is parsed again."""
+    from safetensors.torch import save_file
+
+    from reelgraph.nodes import weights
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(2)}, str(path))
+    assert set(weights.safetensors_header(path)[0]) == {"a"}
+    key = next(k for k in weights._HEADERS if k[0] == str(path.resolve()))
+    assert set(weights.safetensors_header(path)[0]) == {"a"} and key in weights._HEADERS
+    save_file({"b": torch.zeros(3), "c": torch.ones(1)}, str(path))
+    assert set(weights.safetensors_header(path)[0]) == {"b", "c"}
+    assert [name for name, _ in weights.iter_safetensors(path)] == ["b", "c"]
