@@ -1,4 +1,12 @@
-"""Load a text-to-video model (UNet3D + VAE + CLIP text encoder + scheduler) into value handles.
+"""Load a text-to-video model (UNet3D or AnimateDiff UNetMotionModel + VAE + CLIP text encoder + scheduler) into
+value handles.
+
+**AnimateDiff** (a Stable Diffusion 1.5 UNet with motion modules; see ``nodes/animatediff/`` and docs/models.md):
+an ``AnimateDiffPipeline`` folder, a ``StableDiffusionPipeline`` folder or a single LDM-layout SD 1.5 checkpoint
+(``config``: a folder with its configs, default the shipped SD 1.5 ones) with ``motion_adapter`` (a ``MotionAdapter``
+folder or an original motion-module file). The UNet part then reads the SD UNet's files and the adapter's as one
+weight set (a renamer per file) into a ``UNetMotionModel`` built on the meta device from the config diffusers'
+``from_unet2d`` derives; a single checkpoint's three parts each read their own tensors of the one file.
 
 Sources are either a diffusers folder in the ModelScope ``TextToVideoSDPipeline`` layout (a
 ``model_index.json`` next to ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/``) or
@@ -24,7 +32,9 @@ A model folder is data from a stranger, and nothing in it runs. Before any diffu
 
 * **Classes come from an allow-list per slot** (:data:`ALLOWED_CLASSES`): ``model_index.json`` may only name
   ``UNet3DConditionModel``, ``AutoencoderKL``, a CLIP text model, a CLIP tokenizer and one of the diffusers
-  noise schedulers in ``values.SCHEDULER_CLASSES``. The allowed class is instantiated directly, never through
+  noise schedulers in ``values.SCHEDULER_CLASSES``; for the AnimateDiff and Stable Diffusion pipelines the unet slot
+  takes ``UNetMotionModel`` / ``UNet2DConditionModel`` instead (:data:`UNET_CLASSES`) and ``motion_adapter`` only
+  ``MotionAdapter`` (also the ``_class_name`` of an adapter folder's ``config.json``). The allowed class is instantiated directly, never through
   an ``Auto*`` class that dispatches on the folder's content; transformers gets ``trust_remote_code=False``
   and every loader ``local_files_only=True``. A diffusers slot may name its library as a diffusers module path
   (zeroscope_v2_XL's index says ``models.unet_3d_condition``): nothing is imported from it, the class still
