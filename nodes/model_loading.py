@@ -34,9 +34,9 @@ A model folder is data from a stranger, and nothing in it runs. Before any diffu
   ``UNet3DConditionModel``, ``AutoencoderKL``, a CLIP text model, a CLIP tokenizer and one of the diffusers
   noise schedulers in ``values.SCHEDULER_CLASSES``; for the AnimateDiff and Stable Diffusion pipelines the unet slot
   takes ``UNetMotionModel`` / ``UNet2DConditionModel`` instead (:data:`UNET_CLASSES`) and ``motion_adapter`` only
-  ``MotionAdapter`` (also the ``_class_name`` of an adapter folder's ``config.json``). The allowed class is instantiated directly, never through
-  an ``Auto*`` class that dispatches on the folder's content; transformers gets ``trust_remote_code=False``
-  and every loader ``local_files_only=True``. A diffusers slot may name its library as a diffusers module path
+  ``MotionAdapter`` (also the ``_class_name`` of an adapter folder's ``config.json``). The allowed class is
+  instantiated directly, never through an ``Auto*`` class that dispatches on the folder's content; transformers
+  gets ``trust_remote_code=False`` and every loader ``local_files_only=True``. A diffusers slot may name its library as a diffusers module path
   (zeroscope_v2_XL's index says ``models.unet_3d_condition``): nothing is imported from it, the class still
   comes from the allow-list.
 * **No remote code**: a config (``model_index.json``, ``config.json``, ``*_config.json``) holding ``auto_map``
