@@ -36,9 +36,9 @@ A model folder is data from a stranger, and nothing in it runs. Before any diffu
   takes ``UNetMotionModel`` / ``UNet2DConditionModel`` instead (:data:`UNET_CLASSES`) and ``motion_adapter`` only
   ``MotionAdapter`` (also the ``_class_name`` of an adapter folder's ``config.json``). The allowed class is
   instantiated directly, never through an ``Auto*`` class that dispatches on the folder's content; transformers
-  gets ``trust_remote_code=False`` and every loader ``local_files_only=True``. A diffusers slot may name its library as a diffusers module path
-  (zeroscope_v2_XL's index says ``models.unet_3d_condition``): nothing is imported from it, the class still
-  comes from the allow-list.
+  gets ``trust_remote_code=False`` and every loader ``local_files_only=True``. A diffusers slot may name its
+  library as a diffusers module path (zeroscope_v2_XL's index says ``models.unet_3d_condition``): nothing is
+  imported from it, the class still comes from the allow-list.
 * **No remote code**: a config (``model_index.json``, ``config.json``, ``*_config.json``) holding ``auto_map``
   or ``custom_pipeline`` is refused, naming the file and the key; a ``.py`` in the folder is never imported.
 * **Size before allocation**: with a memory limit (``max_bytes``, the run's ``--max-memory``), the UNet, VAE
