@@ -978,9 +978,14 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
         if problems is not None:
             raise _report_all(folder, index, parts, problems, unet_path, unet_config)
     motion = _attach_motion(source, folder, index, parts, motion_adapter, variant, torch_dtype)
+    # The last element is what changes when files are edited in place (the folder's, the motion adapter's, the
+    # single checkpoint's): a changed model replaces its stale cache entry.
+    contents: Any = _fingerprint(files)
+    if motion is not None or single is not None:
+        contents = (contents, None if motion is None else motion.fingerprint,
+                    None if single is None else tuple(input_fingerprint(str(single))))
     key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile), variant,
-           unet_print, unet_config, None if motion is None else motion.fingerprint,
-           tuple((c, p.weights.files) for c, p in parts.items()), _fingerprint(files))
+           unet_print, unet_config, motion_adapter, tuple((c, p.weights.files) for c, p in parts.items()), contents)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:

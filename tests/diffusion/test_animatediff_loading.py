@@ -489,3 +489,26 @@ def test_header_cache_follows_the_file(tmp_path: Path) -> None:
     save_file({"b": torch.zeros(3), "c": torch.ones(1)}, str(path))
     assert set(weights.safetensors_header(path)[0]) == {"b", "c"}
     assert [name for name, _ in weights.iter_safetensors(path)] == ["b", "c"]
+
+
+def test_an_edited_checkpoint_or_adapter_is_loaded_again(layouts: dict[str, Any], tmp_path: Path) -> None:
+    """load_model's own cache follows the single checkpoint's and the motion file's content (size and mtime): an
+    unchanged pair returns the same handles, an edited one is read again and replaces the stale entry."""
+    import os
+
+    from reelgraph.nodes import model_loading
+
+    root = layouts["root"]
+    checkpoint, adapter = tmp_path / "model.safetensors", tmp_path / "mm.ckpt"
+    checkpoint.write_bytes((root / "tiny-sd15.safetensors").read_bytes())
+    adapter.write_bytes((root / "mm_tiny.ckpt").read_bytes())
+    kwargs = {"source": str(checkpoint), "motion_adapter": str(adapter), "config": str(layouts["config"]),
+              "device": "cpu"}
+    first = load_model(**kwargs)
+    assert load_model(**kwargs) is first
+    entries = len(model_loading._cache)
+    for path in (checkpoint, adapter):
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+        again = load_model(**kwargs)
+        assert again is not first and len(model_loading._cache) == entries
+        first = again
