@@ -852,16 +852,15 @@ def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path
     weights = WeightSet(path.parent, None, fmt, (path,))
     infos, problems = inspect_weight_set(weights, f"the checkpoint {path.name}")
     if problems:
-        raise ModelLoadError("; ".join(problems))
+        raise ModelLoadError(_not_a_checkpoint(source, "; ".join(problems)))
     tensors = infos[path]
     if not is_ldm_checkpoint(tensors):
         kind = classify_keys(tensors)
-        what = {"original": "an AnimateDiff motion module (give it as motion_adapter)",
-                "diffusers": "a diffusers MotionAdapter state dict (give it as motion_adapter)",
-                "lora": "a LoRA (load it with load_lora)",
-                "modelscope": "a ModelScope UNet3D (give it as unet, with a ModelScope folder as source)"}.get(
-                    kind, "not a Stable Diffusion checkpoint in LDM's layout (no model.diffusion_model.* keys)")
-        raise ModelLoadError(f"the single file {source!r} is {what}")
+        what = {"original": "it is an AnimateDiff motion module: give it as motion_adapter",
+                "diffusers": "it is a diffusers MotionAdapter state dict: give it as motion_adapter",
+                "lora": "it is a LoRA: load it with load_lora",
+                "modelscope": "it is a ModelScope UNet3D"}.get(kind, "it has no model.diffusion_model.* keys")
+        raise ModelLoadError(_not_a_checkpoint(source, what))
     missing = [c for c, prefix in LDM_PREFIXES.items() if not any(k.startswith(prefix) for k in tensors)]
     if missing:
         raise ModelLoadError(f"the checkpoint {source!r} has no {', '.join(missing)} ("
@@ -888,6 +887,15 @@ def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path
     for component, part in parts.items():  # built again (and renamed again) once the adapter is joined
         part.module, part.rename = None, renames[component]
     return folder, files, index, parts
+
+
+def _not_a_checkpoint(source: str, why: str) -> str:
+    """The refusal of a single file ``source`` that is not a Stable Diffusion checkpoint, with what loads instead."""
+    return (f"{source!r} is a single weight file but not a Stable Diffusion 1.5 checkpoint in LDM's layout ({why}). "
+            "A single checkpoint loads when it holds the UNet, the VAE and the CLIP text encoder "
+            "(model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.*), with motion_adapter; a "
+            "UNet3D file (ModelScope's original layout or diffusers') loads with a diffusers text-to-video folder as "
+            "source and this file as unet. See docs/models.md")
 
 
 def _single_file_error(exc: ModelLoadError, config: str | None) -> ModelLoadError:

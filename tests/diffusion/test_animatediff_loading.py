@@ -238,6 +238,9 @@ def test_what_is_not_a_motion_adapter_is_refused_by_name(layouts: dict[str, Any]
     with pytest.raises(ModelLoadError, match="set motion_adapter to an AnimateDiff motion module") as info:
         load_model(sd, device="cpu")
     assert info.value.input == "motion_adapter"
+    with pytest.raises(ModelLoadError, match="is an AnimateDiff motion module: give it as motion_adapter") as info:
+        load_model(str(layouts["root"] / "mm_tiny.safetensors"), device="cpu")
+    assert info.value.input == "source"
 
 
 def test_motion_file_with_missing_or_extra_keys_names_them(engine: Any, layouts: dict[str, Any],
