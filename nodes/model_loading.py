@@ -551,6 +551,8 @@ def _build_parts(folder: Path, index: dict[str, Any], parts: dict[str, _Part],
     problems: list[str] = []
     inputs: set[str] = set()
     for component, part in parts.items():
+        if part.module is not None:
+            continue  # built on meta and checked already (a single checkpoint's parts, before the adapter joins)
         where = f"{component}/ ({part.weights.describe()})"
         before = len(problems)
         try:
@@ -884,8 +886,8 @@ def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path
         _build_parts(folder, index, parts, None)
     except ModelLoadError as exc:
         raise _single_file_error(exc, config) from None
-    for component, part in parts.items():  # built again (and renamed again) once the adapter is joined
-        part.module, part.rename = None, renames[component]
+    # The VAE and the text encoder stay built and checked; the UNet is built again once the adapter is joined.
+    parts["unet"].module, parts["unet"].rename = None, renames["unet"]
     return folder, files, index, parts
 
 
