@@ -234,10 +234,12 @@ def inspect_weight_set(weights: WeightSet, where: str) -> tuple[dict[Path, dict[
 
 def check_weight_set(weights: WeightSet, module: Any, where: str, rename: Renames = None,
                      fit: Fitter | None = None,
-                     infos: dict[Path, dict[str, TensorInfo]] | None = None) -> list[str]:
+                     infos: dict[Path, dict[str, TensorInfo]] | None = None,
+                     only: Callable[[str], bool] | None = None) -> list[str]:
     """Every mismatch between a file set and the (meta) ``module``: unreadable or refused files, tensors the model
     lacks, weights the files lack, shapes that differ; empty when the files fit. ``infos`` are the set's tensors
-    from :func:`inspect_weight_set`, when already read."""
+    from :func:`inspect_weight_set`, when already read. ``only(key)`` limits the check to the module's weights it
+    accepts (the files of one part of a module joined from two sources, such as an AnimateDiff motion adapter)."""
     if infos is None:
         infos, problems = inspect_weight_set(weights, where)
         if problems:
@@ -256,6 +258,8 @@ def check_weight_set(weights: WeightSet, module: Any, where: str, rename: Rename
                 continue
             found[key], source[key] = info, path.name
     expected = _expected(module)
+    if only is not None:
+        expected = {k: v for k, v in expected.items() if only(k)}
     missing = sorted(set(expected) - set(found) - computable_buffers(module))
     misfits = []
     for key in sorted(set(found) & set(expected)):

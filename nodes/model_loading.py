@@ -764,27 +764,44 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
         motion = resolve_motion_adapter(str(folder / "motion_adapter"), error, variant, dtype)
     else:
         return None
-    problems = adapter_problems(motion)
-    if problems:
-        raise error("; ".join(problems))
     unet_config = read_config(folder / "unet" / "config.json", folder, ModelLoadError)
     base = unet2d_config_of(unet_config) if unet_class == "UNetMotionModel" else unet_config
-    ours, theirs = list(base.get("block_out_channels", ())), list(motion.config.get("block_out_channels", ()))
-    if ours != theirs:
-        raise error(f"the motion adapter {motion.label!r} is made for a UNet with block channels {theirs}, and the "
-                    f"UNet of {source!r} has {ours}: it belongs to another model family (an SDXL motion module on "
-                    "an SD 1.5 model, for instance)")
-    try:
-        config = motion_unet_config(base, motion.config)
-    except Exception as exc:
-        raise error(f"the motion adapter {motion.label!r} does not fit the UNet of {source!r}: "
-                    f"{type(exc).__name__}: {exc}") from None
     import diffusers
 
     part = parts["unet"]
     drop = (lambda key: None if ".motion_modules." in key else key) if unet_class == "UNetMotionModel" else None
-    own = part.rename if not isinstance(part.rename, dict) else None
-    rename: dict[Path, Any] = {f: _compose(own, drop) for f in part.weights.files}
+    own = _compose(part.rename if not isinstance(part.rename, dict) else None, drop)
+    where = f"unet/ ({part.weights.describe()})"
+
+    def own_problems(module: Any, only: Callable[[str], bool] | None) -> list[str]:
+        return check_weight_set(part.weights, module, where, own, part.fit, part.infos, only)
+
+    def motion_in(key: str) -> bool:
+        return ".motion_modules." in key
+
+    ours, theirs = list(base.get("block_out_channels", ())), list(motion.config.get("block_out_channels", ()))
+    try:
+        if ours != theirs:
+            raise ValueError(f"the motion adapter {motion.label!r} is made for a UNet with block channels {theirs}, "
+                             f"and the UNet of {source!r} has {ours}: it belongs to another model family (an SDXL "
+                             "motion module on an SD 1.5 model, for instance)")
+        config = motion_unet_config(base, motion.config)
+    except ValueError as exc:
+        # Blame the UNet's own files when they do not fit their config either (a checkpoint with other configs).
+        problems = own_problems(build_on_meta(lambda: diffusers.UNet2DConditionModel.from_config(base)), None)
+        if problems:
+            raise ModelLoadError(f"could not load the model {str(folder)!r}: " + "; ".join(problems)) from None
+        message = str(exc) if ours != theirs else (f"the motion adapter {motion.label!r} does not fit the UNet of "
+                                                   f"{source!r}: {exc}")
+        raise error(message) from None
+    module = build_on_meta(lambda: diffusers.UNetMotionModel.from_config(config))
+    problems = own_problems(module, lambda key: not motion_in(key))
+    if problems:
+        raise ModelLoadError(f"could not load the model {str(folder)!r}: " + "; ".join(problems))
+    problems = adapter_problems(motion, module)
+    if problems:
+        raise error("; ".join(problems))
+    rename: dict[Path, Any] = {f: own for f in part.weights.files}
     rename.update({f: motion.rename for f in motion.weights.files})
     part.weights = WeightSet(part.weights.folder, part.weights.variant, part.weights.format,
                              part.weights.files + motion.weights.files)
@@ -793,6 +810,7 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
         part.disk_bytes += motion.weights.nbytes
     part.rename = rename
     part.build = lambda: diffusers.UNetMotionModel.from_config(config)
+    part.module = module  # built on meta and checked: _build_parts keeps it
     return motion
 
 
@@ -882,12 +900,17 @@ def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path
         parts[component] = _Part(component, weights, infos, config=part_config, rename=rename,
                                  fit=fit_ldm if component == "vae" else None, disk_bytes=own)
     renames = {c: p.rename for c, p in parts.items()}
-    try:  # the file against its configs first (meta builds only), before a motion adapter is joined to the UNet
-        _build_parts(folder, index, parts, None)
-    except ModelLoadError as exc:
-        raise _single_file_error(exc, config) from None
-    # The VAE and the text encoder stay built and checked; the UNet is built again once the adapter is joined.
-    parts["unet"].module, parts["unet"].rename = None, renames["unet"]
+    try:  # the VAE and text encoder against their configs now (meta builds); the UNet once the adapter joins it
+        _build_parts(folder, index, {c: parts[c] for c in ("vae", "text_encoder")}, None)
+    except ModelLoadError as first:
+        found = first
+        for component, part in parts.items():  # every part's problems in one message: check the UNet too
+            part.module, part.rename = None, renames[component]
+        try:
+            _build_parts(folder, index, parts, None)
+        except ModelLoadError as every:
+            found = every
+        raise _single_file_error(found, config) from None
     return folder, files, index, parts
 
 
@@ -987,7 +1010,10 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
         parts, problems = _plan(folder, index, files, variant, torch_dtype, unet_path)
         if problems is not None:
             raise _report_all(folder, index, parts, problems, unet_path, unet_config)
-    motion = _attach_motion(source, folder, index, parts, motion_adapter, variant, torch_dtype)
+    try:
+        motion = _attach_motion(source, folder, index, parts, motion_adapter, variant, torch_dtype)
+    except ModelLoadError as exc:
+        raise exc if single is None else _single_file_error(exc, config) from None
     # The last element is what changes when files are edited in place (the folder's, the motion adapter's, the
     # single checkpoint's): a changed model replaces its stale cache entry.
     contents: Any = _fingerprint(files)
