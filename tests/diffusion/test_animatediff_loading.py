@@ -515,3 +515,24 @@ def test_an_edited_checkpoint_or_adapter_is_loaded_again(layouts: dict[str, Any]
         again = load_model(**kwargs)
         assert again is not first and len(model_loading._cache) == entries
         first = again
+
+
+def test_single_file_equals_diffusers_from_single_file(layouts: dict[str, Any]) -> None:
+    """The LDM checkpoint + original motion file load into exactly what diffusers' own single-file loaders give
+    (StableDiffusionPipeline.from_single_file, MotionAdapter.from_single_file, UNetMotionModel.from_unet2d; offline,
+    with the same local configs): state dicts bit-identical, UNet outputs equal."""
+    from diffusers import MotionAdapter, StableDiffusionPipeline, UNetMotionModel
+
+    root = layouts["root"]
+    pipe = StableDiffusionPipeline.from_single_file(str(root / "tiny-sd15.safetensors"), config=str(layouts["sd"]),
+                                                    local_files_only=True, safety_checker=None)
+    adapter = MotionAdapter.from_single_file(str(root / "mm_tiny.safetensors"), config=str(root / "adapter"),
+                                             local_files_only=True)
+    reference = UNetMotionModel.from_unet2d(pipe.unet, adapter).eval()
+    ours = load_model(str(root / "tiny-sd15.safetensors"), device="cpu", config=str(layouts["config"]),
+                      motion_adapter=str(root / "mm_tiny.safetensors"))
+    _assert_same_state(ours[0].module, reference)
+    _assert_same_state(ours[1].module, pipe.vae)
+    _assert_same_state(ours[2].module, pipe.text_encoder)
+    assert ours[2].tokenizer("a red ball").input_ids == pipe.tokenizer("a red ball").input_ids
+    assert (_unet_out(ours[0].module) - _unet_out(reference)).abs().max().item() < 1e-5
