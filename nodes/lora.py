@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .lora_keys import family_hint, is_motion_unet, ldm_aliases, motion_module_name
+
 if TYPE_CHECKING:
     import torch
 
@@ -528,10 +530,15 @@ _OPENCLIP_TEXT = (("resblocks.", "encoder.layers."), (".attn.", ".self_attn."), 
                   (".mlp.c_proj", ".mlp.fc2"))
 
 
-def _other_layouts(key: str, model: Any, component: str) -> list[str]:
-    """The model's names for a module named in another layout: ModelScope's original UNet names, or the OpenCLIP
-    text names of Text-To-Video-Finetuning's webui files (``[transformer.]resblocks.<i>.attn.q_proj`` …)."""
+def _other_layouts(key: str, model: Any, component: str, aliases: dict[str, str]) -> list[str]:
+    """The model's names for a module named in another layout: on an AnimateDiff UNet the AnimateDiff project's
+    motion-module names and SD's LDM names (``aliases``, see :mod:`reelgraph.nodes.lora_keys`), on another UNet
+    ModelScope's original names, and the OpenCLIP text names of Text-To-Video-Finetuning's webui files
+    (``[transformer.]resblocks.<i>.attn.q_proj`` …)."""
     if component == "unet":
+        if is_motion_unet(model):
+            name = motion_module_name(key) or aliases.get(key)
+            return [name] if name else []
         config = getattr(model, "config", None)
         if config is None or "down_block_types" not in config:
             return []
@@ -557,9 +564,11 @@ def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, koh
     """
     modules = _adaptable(model)
     by_underscore: dict[str, str | None] = {}
-    for name in modules:
+    aliases = ldm_aliases(model) if component == "unet" and is_motion_unet(model) else {}
+    for name in [*modules, *aliases]:
         flat = name.replace(".", "_")
-        by_underscore[flat] = None if flat in by_underscore else name  # None marks an ambiguous spelling
+        target = aliases.get(name, name)
+        by_underscore[flat] = None if by_underscore.get(flat, target) != target else target  # None: ambiguous
     resolved: dict[str, LoraWeights] = {}
     unmatched: list[str] = []
     misfits: list[str] = []
@@ -569,7 +578,7 @@ def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, koh
         if component == "text_encoder" and key.startswith(prefix):
             candidates.append(key[len(prefix):])
         if not kohya:
-            candidates += _other_layouts(key, model, component)
+            candidates += _other_layouts(key, model, component, aliases)
         name = None
         for candidate in candidates:
             name = by_underscore.get(candidate) if kohya else (candidate if candidate in modules else None)
@@ -587,7 +596,8 @@ def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, koh
     problems = []
     if unmatched:
         problems.append(f"{len(unmatched)} LoRA key(s) match no layer of the {component} (a LoRA for another "
-                        f"architecture?): {_listing(sorted(unmatched))}")
+                        f"architecture?): {_listing(sorted(unmatched))}"
+                        f"{family_hint(unmatched, model) if component == 'unet' else ''}")
     if misfits:
         problems.append(f"{len(misfits)} layer(s) of the {component} have other shapes than the LoRA's: "
                         f"{_listing(sorted(misfits))}")
