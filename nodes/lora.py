@@ -20,12 +20,15 @@ Formats (keys are validated, and any key that is not understood or matches no la
   ``base_model.model.`` prefix, PEFT's unprefixed UNet keys, and the older ``.lora.down/.up``,
   ``.lora_linear_layer.down/.up`` and ``processor.to_q_lora.down`` spellings). ``alpha`` comes from a
   ``<module>.alpha`` tensor, else from diffusers' ``lora_adapter_metadata`` (``lora_alpha`` and
-  ``alpha_pattern``), else equals the rank.
+  ``alpha_pattern``; ``use_rslora`` makes the factor ``alpha / sqrt(rank)`` as in PEFT), else equals the rank.
+  The older spellings are also those of the AnimateDiff project's motion LoRAs, whose motion-module names
+  (``temporal_transformer``, ``attention_blocks.<n>``) map onto an AnimateDiff UNet (see :mod:`.lora_keys`).
 * kohya / A1111: ``lora_unet_<module_with_underscores>`` and ``lora_te_<…>`` with ``lora_down.weight``,
   ``lora_up.weight`` and ``alpha``. Module names are matched against the model's own names with dots
-  replaced by underscores, so temporal attention (``temp_attentions``), temporal convolutions and
-  ``transformer_in`` map like any other layer. Text-encoder names may carry CLIP's ``text_model.`` prefix,
-  which transformers 5 no longer has.
+  replaced by underscores, so temporal attention (``temp_attentions``), temporal convolutions,
+  ``transformer_in`` and AnimateDiff's ``motion_modules`` map like any other layer; on an AnimateDiff UNet
+  SD 1.5's LDM names (``lora_unet_input_blocks_1_1_…``) map too. LoCon convolutions: a ``k x k`` down and a
+  ``1 x 1`` up. Text-encoder names may carry CLIP's ``text_model.`` prefix, which transformers 5 no longer has.
 * Text-To-Video-Finetuning (its Stable-LoRA, loralib-style files): ``<module>.lora_A`` / ``<module>.lora_B``
   without ``.weight``, alpha equal to the rank. Its ``full_weights/`` files use diffusers' UNet names (and
   transformers 4's ``text_model.…`` names in the ``_text`` file); its webui files use ModelScope's original UNet
@@ -344,15 +347,24 @@ def _glob_fullmatch(pattern: str, text: str) -> bool:
 
 @dataclass(frozen=True)
 class _AlphaRules:
-    """One component's alphas from ``lora_adapter_metadata``: its pattern keys (in file order) and the default."""
+    """One component's alphas from ``lora_adapter_metadata``: its pattern keys (in file order), the default, and
+    whether PEFT's rank-stabilised scaling (``use_rslora``: ``alpha / sqrt(rank)`` instead of ``alpha / rank``)
+    applies."""
 
     literal: dict[str, tuple[int, float]]
     globs: tuple[tuple[int, str, float], ...]
     default: float | None
+    rslora: bool = False
 
     def alpha(self, module: str, rank: int) -> float:
         """The alpha of ``module``: that of the first key (in the file's order, as PEFT takes them) matching its
-        whole name or a suffix after a ``.``, else ``lora_alpha``, else the rank."""
+        whole name or a suffix after a ``.``, else ``lora_alpha``, else the rank; with ``use_rslora`` times
+        ``sqrt(rank)``, so that ``alpha / rank`` is PEFT's ``lora_alpha / sqrt(rank)``."""
+        value = self._alpha(module, rank)
+        return value * math.sqrt(rank) if self.rslora else value
+
+    def _alpha(self, module: str, rank: int) -> float:
+        """The alpha the metadata gives ``module`` (see :meth:`alpha`), before ``use_rslora``."""
         best: tuple[int, float] | None = None
         parts = module.split(".")
         for start in range(len(parts)):
@@ -392,7 +404,12 @@ def _alpha_rules(meta: dict[str, Any], component: str) -> _AlphaRules:
             literal.setdefault(text, (order, alpha))
     if len(globs) > _MAX_GLOB_PATTERNS:
         raise LoraValueError(f"{where} has {len(globs)} keys with '*', more than {_MAX_GLOB_PATTERNS}", where)
-    return _AlphaRules(literal, tuple(globs), default)
+    rslora_key = f"{component}.use_rslora"
+    rslora = meta.get(rslora_key, False)
+    if not isinstance(rslora, bool) and rslora is not None:
+        raise LoraValueError(f"{_METADATA} {rslora_key!r} must be true or false, got {rslora!r}",
+                             f"{_METADATA} {rslora_key!r}")
+    return _AlphaRules(literal, tuple(globs), default, bool(rslora))
 
 
 def _tensor_alpha(tensor: Any, key: str) -> float:

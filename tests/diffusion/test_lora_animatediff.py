@@ -68,7 +68,8 @@ def animatediff() -> tuple[UNet3D, TextEncoder]:
 def inputs() -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
     return {"sample": torch.randn(1, 4, 4, 8, 8, generator=g), "timestep": torch.tensor(500),
-            "encoder_hidden_states": torch.randn(4, 7, 32, generator=g),  # one per frame, as AnimateDiffPipeline repeats them
+            # one per frame: AnimateDiffPipeline repeats the prompt's states for each frame
+            "encoder_hidden_states": torch.randn(4, 7, 32, generator=g),
             "input_ids": torch.randint(2, 1000, (1, 7), generator=g)}
 
 
@@ -135,8 +136,9 @@ def alphas_for(layers: Layers) -> dict[str, float]:
 # --- writers of each file layout (the test's own key converters) -------------------------------------------------
 
 _LDM_PREFIXES = {  # the tiny model's diffusers blocks -> SD's LDM (CompVis) names, written out by hand
-    "conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-    "conv_out": "out.2", "down_blocks.0.resnets.0": "input_blocks.1.0", "down_blocks.0.attentions.0": "input_blocks.1.1",
+    "conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2", "conv_out": "out.2",
+    "down_blocks.0.resnets.0": "input_blocks.1.0", "down_blocks.0.attentions.0": "input_blocks.1.1",
     "down_blocks.0.downsamplers.0.conv": "input_blocks.2.0.op", "down_blocks.1.resnets.0": "input_blocks.3.0",
     "mid_block.resnets.0": "middle_block.0", "mid_block.attentions.0": "middle_block.1",
     "mid_block.resnets.1": "middle_block.2", "up_blocks.0.resnets.0": "output_blocks.0.0",
@@ -270,7 +272,8 @@ def test_ldm_names_agree_with_diffusers_conversion(animatediff: tuple) -> None:
         key = "lora_unet_" + ldm_name(name).replace(".", "_")
         state[f"{key}.lora_down.weight"] = torch.zeros(1)
         state[f"{key}.lora_up.weight"] = torch.zeros(1)
-    converted, _ = _convert_non_diffusers_lora_to_diffusers(_maybe_map_sgm_blocks_to_diffusers(state, unet.module.config))
+    mapped = _maybe_map_sgm_blocks_to_diffusers(state, unet.module.config)
+    converted, _ = _convert_non_diffusers_lora_to_diffusers(mapped)
     theirs = set()
     for key in converted:
         if ".down." in key:
@@ -281,17 +284,20 @@ def test_ldm_names_agree_with_diffusers_conversion(animatediff: tuple) -> None:
     assert theirs ^ set(names) == {"up_blocks.0.upsamplers.0.conv", "up_blocks.0.attentions.1.conv"}
 
 
-def test_peft_file_written_by_diffusers_equals_peft(animatediff: tuple, inputs: dict[str, Any],
-                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize("rslora", [False, True], ids=["alpha-over-rank", "rslora"])
+def test_peft_file_written_by_diffusers_equals_peft(animatediff: tuple, inputs: dict[str, Any], tmp_path: Path,
+                                                   rslora: bool) -> None:
     """A LoRA trained with PEFT on the AnimateDiff UNet and CLIP and saved by ``save_lora_weights`` with its
-    ``LoraConfig`` as ``lora_adapter_metadata`` (alpha, alpha_pattern, rank_pattern), motion modules included."""
+    ``LoraConfig`` as ``lora_adapter_metadata`` (alpha, alpha_pattern, rank_pattern, use_rslora), motion modules
+    included."""
     from diffusers import AnimateDiffPipeline
 
     unet, text = animatediff
     unet_config = LoraConfig(r=RANK, lora_alpha=6, target_modules=["to_q", "to_k", "to_v", "to_out.0", "proj_in",
                                                                     "proj_out", "conv1", "conv2", "ff.net.2"],
-                             alpha_pattern={"conv1": 2, "motion_modules.0.proj_in": 12}, rank_pattern={"conv2": 2})
-    text_config = LoraConfig(r=RANK, lora_alpha=3, target_modules=["q_proj", "v_proj", "fc1"])
+                             alpha_pattern={"conv1": 2, "motion_modules.0.proj_in": 12}, rank_pattern={"conv2": 2},
+                             use_rslora=rslora)
+    text_config = LoraConfig(r=RANK, lora_alpha=3, target_modules=["q_proj", "v_proj", "fc1"], use_rslora=rslora)
     references, states = {}, {}
     g = torch.Generator().manual_seed(3)
     for part, model, config in (("unet", unet.module, unet_config), ("text", text.module, text_config)):
@@ -315,7 +321,7 @@ def test_peft_file_written_by_diffusers_equals_peft(animatediff: tuple, inputs: 
                  unet_out(unet.module, inputs), worst)
     assert_close("text", text_out(out.text_encoder.module, inputs), text_out(references["text"], inputs),
                  text_out(text.module, inputs), worst)
-    print(f"diffusers/PEFT file max |ours - PEFT|: {worst}")
+    print(f"diffusers/PEFT file ({'rslora' if rslora else 'alpha/rank'}) max |ours - PEFT|: {worst}")
 
 
 @pytest.mark.parametrize("diffusers", [False, True], ids=["animatediff-ckpt", "diffusers-converted"])
@@ -351,6 +357,7 @@ def test_diffusers_converted_motion_lora_equals_diffusers_loader(animatediff: tu
     print(f"motion LoRA vs diffusers' load_lora_adapter max: {worst}")
 
 
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")  # two PEFT adapters, on purpose
 def test_stacked_loras_equal_peft_adapters_weighted(animatediff: tuple, inputs: dict[str, Any],
                                                    tmp_path: Path) -> None:
     """A kohya LoCon style LoRA (UNet at 0.7, text at 1.3) then a motion LoRA (1.5) on the same motion
@@ -364,7 +371,8 @@ def test_stacked_loras_equal_peft_adapters_weighted(animatediff: tuple, inputs: 
                       scale_unet=0.7, scale_text=1.3)
     second = load_lora(first.unet, first.text_encoder, str(write_motion(motion, tmp_path / "zoom.ckpt", False)),
                        scale_unet=1.5, scale_text=0.0)
-    assert second.unet.loras == ("style.safetensors", "zoom.ckpt") and second.text_encoder.loras == ("style.safetensors",)
+    assert second.unet.loras == ("style.safetensors", "zoom.ckpt")
+    assert second.text_encoder.loras == ("style.safetensors",)
     ref_unet = peft_reference(unet.module, [("style", style_unet, {n: alphas[n] for n in style_unet}, 0.7),
                                             ("motion", motion, {n: float(RANK) for n in motion}, 1.5)])
     ref_text = peft_reference(text.module, [("style", style_text, {n: alphas[n] for n in style_text}, 1.3)])
@@ -421,3 +429,18 @@ def test_motion_lora_on_modelscope_fails_the_node_by_name(reelgraph_home: Path, 
     assert ("v2_lora_ZoomIn.ckpt does not fit this model: 2 LoRA key(s) match no layer of the unet (a LoRA for "
             f"another architecture?): {keys[0]}, {keys[1]}; the file names AnimateDiff motion modules "
             "(motion_modules), and this UNet is a ModelScope-family UNet3DConditionModel") in err.message
+
+
+def test_use_rslora_must_be_a_boolean(animatediff: tuple, tmp_path: Path) -> None:
+    import json
+
+    unet, text = animatediff
+    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    save_file({f"unet.{name}.lora_A.weight": torch.zeros(RANK, 8), f"unet.{name}.lora_B.weight": torch.zeros(8, RANK)},
+              str(tmp_path / "r.safetensors"),
+              metadata={"lora_adapter_metadata": json.dumps({"unet.lora_alpha": 4, "unet.use_rslora": "yes"})})
+    with pytest.raises(NodeInputError) as info:
+        load_lora(unet, text, str(tmp_path / "r.safetensors"))
+    assert (info.value.code, info.value.input) == ("invalid_value", "source")
+    assert str(info.value) == ("r.safetensors: lora_adapter_metadata 'unet.use_rslora' must be true or false, "
+                               "got 'yes'")
