@@ -444,3 +444,41 @@ def test_use_rslora_must_be_a_boolean(animatediff: tuple, tmp_path: Path) -> Non
     assert (info.value.code, info.value.input) == ("invalid_value", "source")
     assert str(info.value) == ("r.safetensors: lora_adapter_metadata 'unet.use_rslora' must be true or false, "
                                "got 'yes'")
+
+
+@pytest.mark.filterwarnings("ignore:Already found a `peft_config` attribute")  # two PEFT adapters, on purpose
+def test_builtin_animatediff_through_the_engine_equals_peft(reelgraph_home: Path, make_engine: Callable[..., Engine],
+                                                            tmp_path: Path) -> None:
+    """``load_model builtin:tiny-animatediff`` -> ``load_lora`` (kohya LoCon style, 0.7 / text 1.3) -> ``load_lora``
+    (AnimateDiff motion ``.ckpt``, 1.2) in a workflow: the UNet and text encoder it returns equal PEFT's two
+    weighted adapters on the loaded model."""
+    from reelgraph.nodes.model_loading import load_model
+
+    unet, _, text, _ = load_model("builtin:tiny-animatediff", device="cpu")
+    style_unet = random_layers(unet.module, _adaptable(unet.module), seed=10)
+    style_text = random_layers(text.module, _adaptable(text.module), seed=11)
+    alphas = {**alphas_for(style_unet), **alphas_for(style_text)}
+    motion = random_layers(unet.module, motion_targets(unet.module), seed=12)
+    style = write_kohya(style_unet, style_text, alphas, tmp_path / "style.safetensors")
+    zoom = write_motion(motion, tmp_path / "v2_lora_ZoomIn.ckpt", diffusers=False)
+    doc = {"reelgraph": 1, "name": "ad-lora", "nodes": {
+        "m": {"type": "load_model", "inputs": {"source": "builtin:tiny-animatediff", "device": "cpu"}},
+        "s": {"type": "load_lora", "inputs": {"unet": {"from": "m.unet"}, "text_encoder": {"from": "m.text_encoder"},
+                                              "source": str(style), "scale_unet": 0.7, "scale_text": 1.3}},
+        "z": {"type": "load_lora", "inputs": {"unet": {"from": "s.unet"}, "text_encoder": {"from": "s.text_encoder"},
+                                              "source": str(zoom), "scale_unet": 1.2}}}}
+    result = make_engine().run(doc, out_dir=tmp_path, allow_paths=[tmp_path])
+    out_unet, out_text = result.outputs["z.unet"], result.outputs["z.text_encoder"]
+    assert out_unet.loras == ("style.safetensors", "v2_lora_ZoomIn.ckpt") and type(out_unet.module).__name__ == (
+        "UNetMotionModel")
+    ref_unet = peft_reference(unet.module, [("style", style_unet, {n: alphas[n] for n in style_unet}, 0.7),
+                                            ("motion", motion, {n: float(RANK) for n in motion}, 1.2)])
+    ref_text = peft_reference(text.module, [("style", style_text, {n: alphas[n] for n in style_text}, 1.3)])
+    g = torch.Generator().manual_seed(1)
+    big = {"sample": torch.randn(1, 4, 4, 16, 16, generator=g), "timestep": torch.tensor(300),
+           "encoder_hidden_states": torch.randn(4, 7, 32, generator=g),
+           "input_ids": torch.randint(2, text.module.config.vocab_size, (1, 7), generator=g)}
+    worst: dict[str, float] = {}
+    assert_close("unet", unet_out(out_unet.module, big), unet_out(ref_unet, big), unet_out(unet.module, big), worst)
+    assert_close("text", text_out(out_text.module, big), text_out(ref_text, big), text_out(text.module, big), worst)
+    print(f"builtin:tiny-animatediff through the engine, max |ours - PEFT|: {worst}")
