@@ -20,9 +20,9 @@ LoRAs users hold for it come from two ecosystems, each with its own module names
   * inside a resnet ``in_layers.2``, ``out_layers.3``, ``emb_layers.1`` and ``skip_connection`` are ``conv1``,
     ``conv2``, ``time_emb_proj`` and ``conv_shortcut``; attention blocks keep their inner names.
 
-* **Motion LoRAs in the AnimateDiff project's names** (its v2 camera-motion LoRAs such as "zoom in", and its v3
-  adapter): ``<block>.motion_modules.<i>.temporal_transformer.transformer_blocks.<j>.attention_blocks.<n>.…``
-  where diffusers has ``<block>.motion_modules.<i>.transformer_blocks.<j>.attn<n+1>.…`` (the renames of diffusers'
+* **Motion LoRAs in the AnimateDiff project's names** (its v2 camera-motion LoRAs such as "zoom in"):
+  ``<block>.motion_modules.<i>.temporal_transformer.transformer_blocks.<j>.attention_blocks.<n>.…`` where
+  diffusers has ``<block>.motion_modules.<i>.transformer_blocks.<j>.attn<n+1>.…`` (the renames of diffusers'
   ``scripts/convert_animatediff_motion_lora_to_diffusers.py``). Their ``processor.to_q_lora.down`` spelling and
   their alpha (none: the product is added as it is, i.e. alpha = rank) are :mod:`reelgraph.nodes.lora`'s.
 

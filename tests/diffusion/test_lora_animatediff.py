@@ -195,9 +195,10 @@ def motion_diffusers_key(original: str) -> str:
                       .replace(".temporal_transformer", ""))
 
 
-def write_motion(layers: Layers, path: Path, diffusers: bool) -> Path:
-    """A motion LoRA: ``<key>.down.weight`` / ``.up.weight``, no alpha; the original is a pickle (``.ckpt``), the
-    diffusers-converted one ``.safetensors``."""
+def write_motion(layers: Layers, path: Path, diffusers: bool, wrap: bool = False) -> Path:
+    """A motion LoRA: ``<key>.down.weight`` / ``.up.weight``, no alpha; the original is a pickle (``.ckpt``, with
+    ``wrap`` inside ``{"state_dict": …}``, which AnimateDiff's loader also reads), the diffusers-converted one
+    ``.safetensors``."""
     tensors: dict[str, Any] = {}
     for name, (down, up) in layers.items():
         key = motion_original_key(name)
@@ -207,7 +208,7 @@ def write_motion(layers: Layers, path: Path, diffusers: bool) -> Path:
     if diffusers:
         save_file(tensors, str(path))
     else:
-        torch.save(tensors, path)
+        torch.save({"state_dict": tensors} if wrap else tensors, path)
     return path
 
 
@@ -460,7 +461,7 @@ def test_builtin_animatediff_through_the_engine_equals_peft(reelgraph_home: Path
     alphas = {**alphas_for(style_unet), **alphas_for(style_text)}
     motion = random_layers(unet.module, motion_targets(unet.module), seed=12)
     style = write_kohya(style_unet, style_text, alphas, tmp_path / "style.safetensors")
-    zoom = write_motion(motion, tmp_path / "v2_lora_ZoomIn.ckpt", diffusers=False)
+    zoom = write_motion(motion, tmp_path / "v2_lora_ZoomIn.ckpt", diffusers=False, wrap=True)
     doc = {"reelgraph": 1, "name": "ad-lora", "nodes": {
         "m": {"type": "load_model", "inputs": {"source": "builtin:tiny-animatediff", "device": "cpu"}},
         "s": {"type": "load_lora", "inputs": {"unet": {"from": "m.unet"}, "text_encoder": {"from": "m.text_encoder"},
