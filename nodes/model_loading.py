@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 
 from .model_files import (
     VARIANTS,
+    Renames,
     WeightSet,
     build_on_meta,
     check_weight_set,
@@ -117,6 +118,20 @@ ALLOWED_CLASSES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tokenizer": ("transformers", ("CLIPTokenizer", "CLIPTokenizerFast")),
     "scheduler": ("diffusers", SCHEDULER_CLASSES),
 }
+#: The pipelines (``model_index.json``'s ``_class_name``) of the AnimateDiff family: the UNet is a
+#: ``UNetMotionModel`` (a Stable Diffusion 1.5 UNet with motion modules), or a ``UNet2DConditionModel`` that the
+#: folder's ``motion_adapter/`` (or the ``motion_adapter`` input) turns into one, as diffusers' pipeline does.
+ANIMATEDIFF_PIPELINES = ("AnimateDiffPipeline", "AnimateDiffVideoToVideoPipeline")
+#: Stable Diffusion 1.5 pipelines: their UNet becomes an AnimateDiff ``UNetMotionModel`` with ``motion_adapter``.
+SD_PIPELINES = ("StableDiffusionPipeline",)
+#: What the ``unet`` slot may name, per family (every other slot follows :data:`ALLOWED_CLASSES`).
+UNET_CLASSES: dict[str, tuple[str, ...]] = {
+    "text2video": ("UNet3DConditionModel",),
+    "animatediff": ("UNetMotionModel", "UNet2DConditionModel"),
+    "sd": ("UNet2DConditionModel",),
+}
+#: What an AnimateDiff folder's ``motion_adapter`` slot (and a motion adapter folder's config) may name.
+MOTION_ADAPTER_CLASSES = ("MotionAdapter",)
 #: Bytes a scheduler holds per training timestep (a handful of float64 tables), for the memory estimate.
 _SCHEDULER_BYTES_PER_STEP = 64
 
@@ -128,7 +143,7 @@ _cache_lock = threading.Lock()
 
 class ModelLoadError(ValueError):
     """A model source is missing, malformed, unsafe (a refused pickle) or of an unsupported kind; ``input`` names
-    the ``load_model`` input at fault (``source``, ``unet`` or ``unet_config``)."""
+    the ``load_model`` input at fault (``source``, ``unet``, ``unet_config``, ``motion_adapter`` or ``config``)."""
 
     def __init__(self, message: str, input: str = "source") -> None:
         super().__init__(message)
@@ -141,6 +156,14 @@ def _unet_error(message: str) -> ModelLoadError:
 
 def _unet_config_error(message: str) -> ModelLoadError:
     return ModelLoadError(message, input="unet_config")
+
+
+def _adapter_error(message: str) -> ModelLoadError:
+    return ModelLoadError(message, input="motion_adapter")
+
+
+def _config_error(message: str) -> ModelLoadError:
+    return ModelLoadError(message, input="config")
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -178,13 +201,16 @@ def clear_model_cache() -> None:
 def _resolve_folder(source: str) -> Path:
     """Map a source id to a model folder, refusing single files and unknown builtins."""
     if source.startswith("builtin:"):
+        from .animatediff.tiny import TINY_ANIMATEDIFF_SOURCE, ensure_tiny_animatediff
         from .tiny_models import TINY_RANDOM_SOURCE, TINY_SOURCE, WeightsMismatch, builtin_model
 
+        if source == TINY_ANIMATEDIFF_SOURCE:
+            return ensure_tiny_animatediff().resolve()
         try:
             return builtin_model(source).resolve()
         except KeyError:
-            raise ModelLoadError(f"unknown builtin model {source!r}; the builtins are {TINY_SOURCE!r} and "
-                                 f"{TINY_RANDOM_SOURCE!r}") from None
+            raise ModelLoadError(f"unknown builtin model {source!r}; the builtins are {TINY_SOURCE!r}, "
+                                 f"{TINY_RANDOM_SOURCE!r} and {TINY_ANIMATEDIFF_SOURCE!r}") from None
         except WeightsMismatch as exc:
             raise ModelLoadError(f"{source}: {exc}") from None
     path = Path(source).expanduser()
@@ -216,34 +242,51 @@ def _check_configs(folder: Path, files: list[FolderFile]) -> None:
 def _library_ok(component: str, library: Any) -> bool:
     """Whether the library named for a slot is the allowed class's: ``diffusers`` (or a module path inside it,
     see ``_DIFFUSERS_MODULE_PATH``) or ``transformers``."""
-    wanted = ALLOWED_CLASSES[component][0]
+    wanted = ALLOWED_CLASSES.get(component, ("diffusers",))[0]
     if library == wanted:
         return True
     return wanted == "diffusers" and isinstance(library, str) and bool(_DIFFUSERS_MODULE_PATH.match(library))
 
 
-def _read_index(folder: Path) -> dict[str, Any]:
-    """Read and validate ``model_index.json``: every component present, each naming an allowed class."""
+def model_family(index: dict[str, Any]) -> str:
+    """The family of a ``model_index.json``: ``animatediff`` (:data:`ANIMATEDIFF_PIPELINES`), ``sd``
+    (:data:`SD_PIPELINES`) or ``text2video`` (ModelScope / Zeroscope, and any other pipeline name, whose slots
+    follow :data:`ALLOWED_CLASSES`)."""
+    pipeline = index.get("_class_name")
+    if pipeline in ANIMATEDIFF_PIPELINES:
+        return "animatediff"
+    return "sd" if pipeline in SD_PIPELINES else "text2video"
+
+
+def _read_index(folder: Path, error: Callable[[str], Exception] = ModelLoadError) -> dict[str, Any]:
+    """Read and validate ``model_index.json``: every component present, each naming an allowed class (the unet
+    slot's per family, :data:`UNET_CLASSES`; an AnimateDiff folder's ``motion_adapter`` a ``MotionAdapter``)."""
     index_path = folder / "model_index.json"
     if not index_path.is_file():
-        raise ModelLoadError(f"{folder} is not a diffusers model folder: model_index.json is missing")
-    index = read_config(index_path, folder, ModelLoadError)
+        raise error(f"{folder} is not a diffusers model folder: model_index.json is missing")
+    index = read_config(index_path, folder, error)
+    family = model_family(index)
     missing = [c for c in _COMPONENTS if not isinstance(index.get(c), list) or len(index[c]) != 2]
     if missing:
-        raise ModelLoadError(f"{index_path} lacks the component(s) {missing}; a text-to-video model needs all of "
-                             f"{list(_COMPONENTS)}")
-    for component in _COMPONENTS:
-        library, classes = ALLOWED_CLASSES[component]
+        raise error(f"{index_path} lacks the component(s) {missing}; a text-to-video model needs all of "
+                    f"{list(_COMPONENTS)}")
+    slots = list(_COMPONENTS)
+    adapter = index.get("motion_adapter")
+    if family == "animatediff" and isinstance(adapter, list) and len(adapter) == 2 and adapter[1] is not None:
+        slots.append("motion_adapter")
+    for component in slots:
+        library, classes = ALLOWED_CLASSES.get(component, ("diffusers", MOTION_ADAPTER_CLASSES))
+        classes = UNET_CLASSES[family] if component == "unet" else classes
         name = index[component][1]
         if component == "scheduler" and name is None:
             continue  # the class comes from scheduler_config.json's _class_name (checked when it is read)
-        check_class(f"model folder {str(folder)!r}: model_index.json", component, name, classes, ModelLoadError)
+        check_class(f"model folder {str(folder)!r}: model_index.json", component, name, classes, error)
         if not _library_ok(component, index[component][0]):
-            raise ModelLoadError(f"model folder {str(folder)!r}: model_index.json: the {component} slot names the "
-                                 f"library {index[component][0]!r}; {name} comes from {library!r}")
-    for component in _COMPONENTS:
+            raise error(f"model folder {str(folder)!r}: model_index.json: the {component} slot names the "
+                        f"library {index[component][0]!r}; {name} comes from {library!r}")
+    for component in slots:
         if not (folder / component).is_dir():
-            raise ModelLoadError(f"{folder} lacks the {component}/ folder named in model_index.json")
+            raise error(f"{folder} lacks the {component}/ folder named in model_index.json")
     return index
 
 
@@ -259,8 +302,11 @@ def source_fingerprint(source: str) -> list[Any]:
     whose files change is loaded again. A folder the checks refuse has no fingerprint (``load_model`` says why).
     """
     if source.startswith("builtin:"):
+        from .animatediff.tiny import TINY_ANIMATEDIFF_NAME, TINY_ANIMATEDIFF_SOURCE
         from .tiny_models import WeightsMismatch, builtin_model_version
 
+        if source == TINY_ANIMATEDIFF_SOURCE:
+            return [source, TINY_ANIMATEDIFF_NAME]
         try:
             return [source, builtin_model_version(source)]
         except (KeyError, WeightsMismatch):  # load_model reports it
@@ -361,8 +407,11 @@ class _Part:
     infos: dict[Path, dict[str, TensorInfo]]
     config: dict[str, Any] | None = None
     module: Any = None
-    rename: Callable[[str], str | None] | None = None
+    rename: Renames = None
     fit: Callable[..., Any] | None = None
+    #: Builds the module (on the meta device) instead of the class ``model_index.json`` names with its folder's
+    #: config: an AnimateDiff ``UNetMotionModel`` assembled from a Stable Diffusion UNet and a motion adapter.
+    build: Callable[[], Any] | None = None
 
 
 def _plan(folder: Path, index: dict[str, Any], files: list[FolderFile], variant: str, dtype: torch.dtype,
@@ -493,7 +542,9 @@ def _build_parts(folder: Path, index: dict[str, Any], parts: dict[str, _Part],
                 problems += _unet_fitting(part, unet_configs)
                 inputs |= {"unet"} if len(problems) > before else set()
                 continue
-            if component == "text_encoder":
+            if part.build is not None:
+                part.module = build_on_meta(part.build)
+            elif component == "text_encoder":
                 cls = getattr(transformers, index[component][1])
                 config = cls.config_class.from_pretrained(folder / component, local_files_only=True)
                 part.module = build_on_meta(lambda cls=cls, config=config: cls(config))
@@ -529,6 +580,8 @@ def _estimate_bytes(folder: Path, index: dict[str, Any], parts: dict[str, _Part]
     import transformers
 
     def diffusers_part(component: str) -> Any:
+        if parts[component].build is not None:
+            return parts[component].build
         cls = getattr(diffusers, index[component][1])
         if component == "unet" and unet_configs is not None:
             config = unet_configs[0][1]
@@ -650,11 +703,96 @@ def _apply_speedups(handles: Handles, memory_format: str, compile: bool) -> None
         unet.compile()
 
 
+def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict[str, _Part],
+                   motion_adapter: str | None, variant: str, dtype: torch.dtype) -> Any:
+    """Make the UNet part an AnimateDiff ``UNetMotionModel`` where the family asks for it: a Stable Diffusion UNet
+    (an SD folder, or an AnimateDiff folder saved with a ``UNet2DConditionModel``) joined with its motion adapter,
+    or an AnimateDiff UNet whose motion modules ``motion_adapter`` replaces. The adapter is checked first (its
+    own files against the config they imply, every extra key named); returns it (None when nothing is joined)."""
+    from .animatediff.adapters import (
+        adapter_problems,
+        motion_unet_config,
+        resolve_motion_adapter,
+        unet2d_config_of,
+    )
+
+    family, unet_class = model_family(index), index["unet"][1]
+    error: Callable[[str], ModelLoadError] = _adapter_error
+    if motion_adapter is not None:
+        if family == "text2video":
+            raise _adapter_error(f"motion_adapter: the model {source!r} is a ModelScope-style text-to-video model "
+                                 f"({unet_class}); motion adapters extend Stable Diffusion 1.5 / AnimateDiff "
+                                 "models only")
+        motion = resolve_motion_adapter(motion_adapter, _adapter_error, variant, dtype)
+    elif family == "sd":
+        raise _adapter_error(f"the model {source!r} is a Stable Diffusion image model ({index.get('_class_name')}): "
+                             "set motion_adapter to an AnimateDiff motion module (a MotionAdapter folder, or a file "
+                             "such as mm_sd_v15_v2.ckpt) to make it a text-to-video model")
+    elif family == "animatediff" and unet_class == "UNet2DConditionModel":
+        if "motion_adapter" not in index or not (folder / "motion_adapter").is_dir():
+            raise ModelLoadError(f"model folder {str(folder)!r}: its unet is a UNet2DConditionModel and it has no "
+                                 "motion_adapter/ folder; give one as motion_adapter")
+        error = ModelLoadError
+        motion = resolve_motion_adapter(str(folder / "motion_adapter"), error, variant, dtype)
+    else:
+        return None
+    problems = adapter_problems(motion)
+    if problems:
+        raise error("; ".join(problems))
+    unet_config = read_config(folder / "unet" / "config.json", folder, ModelLoadError)
+    base = unet2d_config_of(unet_config) if unet_class == "UNetMotionModel" else unet_config
+    try:
+        config = motion_unet_config(base, motion.config)
+    except Exception as exc:
+        raise error(f"the motion adapter {motion.label!r} does not fit the UNet of {source!r}: "
+                    f"{type(exc).__name__}: {exc}") from None
+    import diffusers
+
+    part = parts["unet"]
+    drop = (lambda key: None if ".motion_modules." in key else key) if unet_class == "UNetMotionModel" else None
+    rename: dict[Path, Any] = {f: drop for f in part.weights.files}
+    rename.update({f: motion.rename for f in motion.weights.files})
+    part.weights = WeightSet(part.weights.folder, part.weights.variant, part.weights.format,
+                             part.weights.files + motion.weights.files)
+    part.infos = {**part.infos, **motion.infos}
+    part.rename = rename
+    part.build = lambda: diffusers.UNetMotionModel.from_config(config)
+    return motion
+
+
+def _single_checkpoint(source: str, unet: str | None) -> Path | None:
+    """The single Stable Diffusion checkpoint file ``source`` names (None: a folder or a builtin)."""
+    return None
+
+
+def _plan_single_file(source: str, path: Path, config: str | None) -> Any:
+    """Plan a single checkpoint: see ``animatediff.ldm_files``."""
+    raise NotImplementedError
+
+
+def input_fingerprint(value: str | None) -> Any:
+    """What identifies the content of a file or folder input (``motion_adapter``, ``config``) for cache keys: the
+    size and mtime of the file, or of every file of the folder (None when it cannot be read; the load says why)."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    try:
+        if path.is_dir():
+            folder = path.resolve()
+            return [str(folder), [list(e) for e in _fingerprint(scan_folder(folder, ModelLoadError))]]
+        info = path.stat()
+    except (OSError, ModelLoadError):
+        return [value, None]
+    return [str(path.resolve()), info.st_size, info.st_mtime_ns]
+
+
 def load_model(source: str, device: str = "auto", dtype: str = "float32", memory_format: str = "contiguous",
                compile: bool = False, max_bytes: int | None = None, variant: str = "auto", unet: str | None = None,
-               unet_config: str | None = None) -> Handles:
-    """Load ``source`` (a diffusers text-to-video folder or ``builtin:tiny``) as
-    ``(UNet3D, VAE, TextEncoder, Scheduler)`` handles on ``device`` in ``dtype``.
+               unet_config: str | None = None, motion_adapter: str | None = None,
+               config: str | None = None) -> Handles:
+    """Load ``source`` (a diffusers text-to-video folder, an AnimateDiff or Stable Diffusion 1.5 folder, a single
+    Stable Diffusion 1.5 checkpoint file, or a ``builtin:`` model) as ``(UNet3D, VAE, TextEncoder, Scheduler)``
+    handles on ``device`` in ``dtype``.
 
     ``variant`` picks the weight files per component (``auto``, ``default``, ``fp16``, ``bf16``; see
     ``model_files``). ``unet`` replaces the folder's UNet3D by a single weight file (ModelScope's original
@@ -662,6 +800,14 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
     sd-webui-text2video folder holding ``text2video_pytorch_model.pth``; its config is ``unet_config`` (a folder
     with ``config.json``, or the file) or else the first that fits among the source folder's ``unet/config.json``
     and the shipped ModelScope 1.7B config.
+
+    **AnimateDiff** (the UNet handle's module is a diffusers ``UNetMotionModel``): an ``AnimateDiffPipeline`` folder
+    loads as it is; a Stable Diffusion 1.5 folder (``StableDiffusionPipeline``) or single checkpoint needs
+    ``motion_adapter``, a ``MotionAdapter`` folder or a motion-module file in AnimateDiff's original layout
+    (``mm_sd_v15_v2.ckpt``, read through ``weights_only``, or ``.safetensors``); on an AnimateDiff folder
+    ``motion_adapter`` replaces its motion modules. A single checkpoint (``.safetensors`` or a pickle, in the
+    original LDM key layout) is described by ``config``, a diffusers folder holding its configs (weights there are
+    not read), by default the Stable Diffusion 1.5 configs shipped with reelgraph (``nodes/animatediff/sd15``).
 
     ``memory_format="channels_last"`` stores the 2-D convolution weights of the UNet3D and the VAE
     channels-last; ``compile=True`` wraps the UNet3D's forward in ``torch.compile`` (the first call compiles).
@@ -674,8 +820,8 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
 
     The result is cached per process: loading the same unchanged source with the same settings returns the
     very same handles (treat their modules as read-only). Raises ``ModelLoadError`` for a missing, malformed or
-    unsafe folder (all its problems in one message), single-file sources, unknown builtins and unknown settings,
-    and ``ModelTooLarge`` for a model over ``max_bytes``.
+    unsafe folder (all its problems in one message), unknown builtins and unknown settings, with ``input`` naming
+    the input at fault, and ``ModelTooLarge`` for a model over ``max_bytes``.
     """
     if not isinstance(source, str) or not source:
         raise ModelLoadError(f"model source must be a non-empty string, got {source!r}")
@@ -685,16 +831,26 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
         raise ModelLoadError(f"memory_format must be one of {_MEMORY_FORMATS}, got {memory_format!r}")
     if variant not in VARIANTS:
         raise ModelLoadError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    folder = _resolve_folder(source)
-    files = _scan(folder)
-    index = _read_index(folder)
-    _check_configs(folder, files)
+    single = _single_checkpoint(source, unet)
+    if single is not None:
+        folder, files, index, parts = _plan_single_file(source, single, config)
+    else:
+        if config is not None:
+            raise _config_error(f"config describes a single checkpoint file; the source {source!r} is a model "
+                                "folder, whose own configs are used")
+        folder = _resolve_folder(source)
+        files = _scan(folder)
+        index = _read_index(folder)
+        _check_configs(folder, files)
     unet_path, unet_print = _resolve_unet_file(unet) if unet else (None, None)
-    parts, problems = _plan(folder, index, files, variant, torch_dtype, unet_path)
-    if problems is not None:
-        raise _report_all(folder, index, parts, problems, unet_path, unet_config)
+    if single is None:
+        parts, problems = _plan(folder, index, files, variant, torch_dtype, unet_path)
+        if problems is not None:
+            raise _report_all(folder, index, parts, problems, unet_path, unet_config)
+    motion = _attach_motion(source, folder, index, parts, motion_adapter, variant, torch_dtype)
     key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile), variant,
-           unet_print, unet_config, tuple((c, p.weights.files) for c, p in parts.items()), _fingerprint(files))
+           unet_print, unet_config, None if motion is None else motion.fingerprint,
+           tuple((c, p.weights.files) for c, p in parts.items()), _fingerprint(files))
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
