@@ -100,13 +100,9 @@ def run(quick: bool = False, seeds: int | None = None, frames: int = 24, context
     seeds = seeds or (2 if quick else 8)
     rows = measure(load_model("builtin:tiny", device="cpu"), "builtin:tiny (trained)", seeds, frames, context,
                    overlap, steps, size, whole=True)
-    try:
-        animatediff = load_model("builtin:tiny-animatediff", device="cpu")
-    except Exception as exc:  # noqa: BLE001 - the AnimateDiff builtin may be absent in older trees
-        print(f"builtin:tiny-animatediff not measured: {exc}")
-    else:
-        rows += measure(animatediff, "builtin:tiny-animatediff (random)", seeds, frames, context, overlap, steps, size,
-                        whole=frames <= (animatediff[0].max_frames or frames))
+    animatediff = load_model("builtin:tiny-animatediff", device="cpu")
+    rows += measure(animatediff, "builtin:tiny-animatediff (random)", seeds, frames, context, overlap, steps, size,
+                    whole=frames <= (animatediff[0].max_frames or frames))
     return rows
 
 
