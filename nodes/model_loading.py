@@ -132,6 +132,9 @@ UNET_CLASSES: dict[str, tuple[str, ...]] = {
 }
 #: What an AnimateDiff folder's ``motion_adapter`` slot (and a motion adapter folder's config) may name.
 MOTION_ADAPTER_CLASSES = ("MotionAdapter",)
+#: Bytes per element of the dtypes weight files store (for a part's share of a single checkpoint).
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
+             "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
 #: Bytes a scheduler holds per training timestep (a handful of float64 tables), for the memory estimate.
 _SCHEDULER_BYTES_PER_STEP = 64
 
@@ -412,6 +415,9 @@ class _Part:
     #: Builds the module (on the meta device) instead of the class ``model_index.json`` names with its folder's
     #: config: an AnimateDiff ``UNetMotionModel`` assembled from a Stable Diffusion UNet and a motion adapter.
     build: Callable[[], Any] | None = None
+    #: Bytes of this part's own tensors in its files, when the files hold more than the part (a single checkpoint
+    #: holds the UNet, the VAE and the text encoder); None: the files' sizes.
+    disk_bytes: int | None = None
 
 
 def _plan(folder: Path, index: dict[str, Any], files: list[FolderFile], variant: str, dtype: torch.dtype,
@@ -548,12 +554,15 @@ def _build_parts(folder: Path, index: dict[str, Any], parts: dict[str, _Part],
                 cls = getattr(transformers, index[component][1])
                 config = cls.config_class.from_pretrained(folder / component, local_files_only=True)
                 part.module = build_on_meta(lambda cls=cls, config=config: cls(config))
-                part.rename = _text_encoder_renamer(set(part.module.state_dict()))
+                part.rename = _compose(part.rename, _text_encoder_renamer(set(part.module.state_dict())))
             else:
                 cls = getattr(diffusers, index[component][1])  # an allowed class: _read_index checked it
                 config = cls.load_config(folder, subfolder=component, local_files_only=True)
+                if component == "unet" and part.config is not None:
+                    config = part.config  # a single checkpoint's UNet2D config (of an AnimateDiff config folder)
+                    cls = diffusers.UNet2DConditionModel
                 part.module = build_on_meta(lambda cls=cls, config=config: cls.from_config(config))
-                part.rename = _deprecated_attention_renamer(part.module)
+                part.rename = _compose(part.rename, _deprecated_attention_renamer(part.module))
         except Exception as exc:
             problems.append(f"the {component} config does not describe a model that can be built: "
                             f"{type(exc).__name__}: {exc}")
@@ -597,7 +606,8 @@ def _estimate_bytes(folder: Path, index: dict[str, Any], parts: dict[str, _Part]
     def estimate(component: str, build: Any) -> Any:
         def run(remaining: int | None) -> tuple[int, bool]:
             nbytes, complete = module_bytes(build, dtype, remaining)
-            on_disk = parts[component].weights.nbytes
+            part = parts[component]
+            on_disk = part.weights.nbytes if part.disk_bytes is None else part.disk_bytes
             return max(nbytes, on_disk), complete or on_disk > nbytes
         return run
 
@@ -654,6 +664,12 @@ def _load_folder(folder: Path, source: str, index: dict[str, Any], parts: dict[s
 
     def load_tokenizer() -> Any:
         cls = getattr(transformers, index["tokenizer"][1])
+        if not any((folder / "tokenizer" / name).is_file() for name in ("vocab.json", "tokenizer.json")):
+            # The shipped SD 1.5 configs (or a config folder without tokenizer files): CLIP's own vocabulary,
+            # derived from the BPE file shipped with reelgraph (animatediff.shipped).
+            from .animatediff.shipped import clip_tokenizer
+
+            return clip_tokenizer()
         return cls.from_pretrained(folder / "tokenizer", local_files_only=True, trust_remote_code=False)
 
     def load_scheduler() -> Scheduler:
@@ -741,6 +757,11 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
         raise error("; ".join(problems))
     unet_config = read_config(folder / "unet" / "config.json", folder, ModelLoadError)
     base = unet2d_config_of(unet_config) if unet_class == "UNetMotionModel" else unet_config
+    ours, theirs = list(base.get("block_out_channels", ())), list(motion.config.get("block_out_channels", ()))
+    if ours != theirs:
+        raise error(f"the motion adapter {motion.label!r} is made for a UNet with block channels {theirs}, and the "
+                    f"UNet of {source!r} has {ours}: it belongs to another model family (an SDXL motion module on "
+                    "an SD 1.5 model, for instance)")
     try:
         config = motion_unet_config(base, motion.config)
     except Exception as exc:
@@ -750,11 +771,14 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
 
     part = parts["unet"]
     drop = (lambda key: None if ".motion_modules." in key else key) if unet_class == "UNetMotionModel" else None
-    rename: dict[Path, Any] = {f: drop for f in part.weights.files}
+    own = part.rename if not isinstance(part.rename, dict) else None
+    rename: dict[Path, Any] = {f: _compose(own, drop) for f in part.weights.files}
     rename.update({f: motion.rename for f in motion.weights.files})
     part.weights = WeightSet(part.weights.folder, part.weights.variant, part.weights.format,
                              part.weights.files + motion.weights.files)
     part.infos = {**part.infos, **motion.infos}
+    if part.disk_bytes is not None:
+        part.disk_bytes += motion.weights.nbytes
     part.rename = rename
     part.build = lambda: diffusers.UNetMotionModel.from_config(config)
     return motion
@@ -762,12 +786,108 @@ def _attach_motion(source: str, folder: Path, index: dict[str, Any], parts: dict
 
 def _single_checkpoint(source: str, unet: str | None) -> Path | None:
     """The single Stable Diffusion checkpoint file ``source`` names (None: a folder or a builtin)."""
-    return None
+    if source.startswith("builtin:"):
+        return None
+    path = Path(source).expanduser()
+    if not (path.is_file() or path.is_symlink()) or path.suffix.lower() not in _SINGLE_FILE_SUFFIXES:
+        return None
+    if unet is not None:
+        raise _unet_error(f"unet replaces the UNet3D of a model folder; the source {source!r} is a single checkpoint "
+                          "file (give a diffusers text-to-video folder as source to use unet)")
+    check_file(path, ModelLoadError)
+    if path.suffix.lower() == ".pkl":
+        raise ModelLoadError(f"{source!r}: .pkl files are not read; use .safetensors, or .ckpt/.pth/.bin (read "
+                             "through torch.load(weights_only=True))")
+    return path
 
 
-def _plan_single_file(source: str, path: Path, config: str | None) -> Any:
-    """Plan a single checkpoint: see ``animatediff.ldm_files``."""
-    raise NotImplementedError
+def _compose(first: Callable[[str], str | None] | None,
+             then: Callable[[str], str | None] | None) -> Callable[[str], str | None] | None:
+    """``then(first(key))`` (None stays None): a file's own layout translated, then the part's usual renames."""
+    if first is None or then is None:
+        return first or then
+
+    def rename(key: str) -> str | None:
+        middle = first(key)
+        return None if middle is None else then(middle)
+    return rename
+
+
+def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path, list[FolderFile],
+                                                                           dict[str, Any], dict[str, _Part]]:
+    """Plan a single Stable Diffusion checkpoint: its configs come from ``config`` (a diffusers folder, checked
+    like a model folder; its weights are not read) or the shipped SD 1.5 folder; each of the UNet, VAE and text
+    encoder reads its tensors from the one file, renamed from LDM's layout (``animatediff.ldm_files``)."""
+    from .animatediff.adapters import unet2d_config_of
+    from .animatediff.ldm_files import LDM_PREFIXES, fit_ldm, is_ldm_checkpoint, ldm_renamer
+    from .animatediff.motion_files import classify_keys
+    from .animatediff.shipped import SD15_CONFIG_DIR
+
+    error: Callable[[str], ModelLoadError] = _config_error if config else ModelLoadError
+    folder = Path(config).expanduser() if config else SD15_CONFIG_DIR
+    if not folder.is_dir():
+        raise _config_error(f"config {config!r} is not a folder; give a diffusers folder holding the checkpoint's "
+                            "configs (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    folder = folder.resolve()
+    files = scan_folder(folder, error)
+    index = _read_index(folder, error)
+    for relative in config_files(files):
+        read_config(folder / relative, folder, error)
+    family = model_family(index)
+    if family == "text2video":
+        raise _config_error(f"config {str(folder)!r} describes a {index.get('_class_name')} model (a UNet3D); a "
+                            "single checkpoint is a Stable Diffusion 1.5 model: give an SD 1.5 or AnimateDiff "
+                            "folder's configs")
+    fmt = "safetensors" if path.suffix.lower() in SAFETENSORS_SUFFIXES else "pickle"
+    weights = WeightSet(path.parent, None, fmt, (path,))
+    infos, problems = inspect_weight_set(weights, f"the checkpoint {path.name}")
+    if problems:
+        raise ModelLoadError("; ".join(problems))
+    tensors = infos[path]
+    if not is_ldm_checkpoint(tensors):
+        kind = classify_keys(tensors)
+        what = {"original": "an AnimateDiff motion module (give it as motion_adapter)",
+                "diffusers": "a diffusers MotionAdapter state dict (give it as motion_adapter)",
+                "lora": "a LoRA (load it with load_lora)",
+                "modelscope": "a ModelScope UNet3D (give it as unet, with a ModelScope folder as source)"}.get(
+                    kind, "not a Stable Diffusion checkpoint in LDM's layout (no model.diffusion_model.* keys)")
+        raise ModelLoadError(f"the single file {source!r} is {what}")
+    missing = [c for c, prefix in LDM_PREFIXES.items() if not any(k.startswith(prefix) for k in tensors)]
+    if missing:
+        raise ModelLoadError(f"the checkpoint {source!r} has no {', '.join(missing)} ("
+                             f"{', '.join(LDM_PREFIXES[c] + '*' for c in missing)} keys); a single checkpoint must "
+                             "hold the UNet, the VAE and the CLIP text encoder")
+    parts: dict[str, _Part] = {}
+    for component in _WEIGHT_COMPONENTS:
+        part_config = read_config(folder / component / "config.json", folder, error)
+        if component == "unet" and index["unet"][1] == "UNetMotionModel":
+            part_config = unet2d_config_of(part_config)
+        try:
+            rename = ldm_renamer(component, tensors, part_config)
+        except Exception as exc:
+            raise ModelLoadError(f"the checkpoint {source!r}: its {component} ({LDM_PREFIXES[component]}*) does not "
+                                 f"convert from LDM's layout: {type(exc).__name__}: {exc}") from None
+        own = sum(info.numel * _ITEMSIZE.get(info.dtype, 4) for key, info in tensors.items() if rename(key))
+        parts[component] = _Part(component, weights, infos, config=part_config, rename=rename,
+                                 fit=fit_ldm if component == "vae" else None, disk_bytes=own)
+    renames = {c: p.rename for c, p in parts.items()}
+    try:  # the file against its configs first (meta builds only), before a motion adapter is joined to the UNet
+        _build_parts(folder, index, parts, None)
+    except ModelLoadError as exc:
+        raise _single_file_error(exc, config) from None
+    for component, part in parts.items():  # built again (and renamed again) once the adapter is joined
+        part.module, part.rename = None, renames[component]
+    return folder, files, index, parts
+
+
+def _single_file_error(exc: ModelLoadError, config: str | None) -> ModelLoadError:
+    """A single checkpoint's parts against configs that do not describe them: the configs are what to change, so
+    the error names ``config`` (or ``source`` with the shipped configs) and says so."""
+    if exc.input != "source":
+        return exc
+    where = f"the configs in {config!r}" if config else "the shipped Stable Diffusion 1.5 configs"
+    return ModelLoadError(f"{exc} (checked against {where}; give the checkpoint's own configs as config: a diffusers "
+                          "folder of the same architecture)", input="config" if config else "source")
 
 
 def input_fingerprint(value: str | None) -> Any:
@@ -857,7 +977,10 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
             return cached  # already in memory: nothing new is allocated
         unet_configs = _unet_config_candidates(folder, unet_config) if unet_path is not None else None
         _estimate_bytes(folder, index, parts, torch_dtype, max_bytes, source, unet_configs)
-        _build_parts(folder, index, parts, unet_configs)
+        try:
+            _build_parts(folder, index, parts, unet_configs)
+        except ModelLoadError as exc:
+            raise exc if single is None else _single_file_error(exc, config) from None
         handles = _load_folder(folder, source, index, parts, resolved_device, torch_dtype)
         _apply_speedups(handles, memory_format, compile)
         # Drop stale entries for the same source/folder/settings (the files changed).

@@ -196,6 +196,10 @@ def unet2d_config_of(motion_config: dict[str, Any]) -> dict[str, Any]:
                                   for t in motion_config["down_block_types"]]
     config["up_block_types"] = ["CrossAttnUpBlock2D" if "CrossAttn" in t else "UpBlock2D"
                                 for t in motion_config["up_block_types"]]
+    # UNet2DConditionModel refuses num_attention_heads; its attention_head_dim is that number (diffusers' naming).
+    heads = config.pop("num_attention_heads", None)
+    if heads is not None and config.get("attention_head_dim") is None:
+        config["attention_head_dim"] = heads
     for key in ("motion_max_seq_length", "motion_num_attention_heads", "reverse_motion_num_attention_heads",
                 "use_motion_mid_block", "mid_block_layers", "temporal_transformer_layers_per_block",
                 "reverse_temporal_transformer_layers_per_block", "temporal_transformer_layers_per_mid_block"):
