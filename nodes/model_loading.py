@@ -1,4 +1,12 @@
-"""Load a text-to-video model (UNet3D + VAE + CLIP text encoder + scheduler) into value handles.
+"""Load a text-to-video model (UNet3D or AnimateDiff UNetMotionModel + VAE + CLIP text encoder + scheduler) into
+value handles.
+
+**AnimateDiff** (a Stable Diffusion 1.5 UNet with motion modules; see ``nodes/animatediff/`` and docs/models.md):
+an ``AnimateDiffPipeline`` folder, a ``StableDiffusionPipeline`` folder or a single LDM-layout SD 1.5 checkpoint
+(``config``: a folder with its configs, default the shipped SD 1.5 ones) with ``motion_adapter`` (a ``MotionAdapter``
+folder or an original motion-module file). The UNet part then reads the SD UNet's files and the adapter's as one
+weight set (a renamer per file) into a ``UNetMotionModel`` built on the meta device from the config diffusers'
+``from_unet2d`` derives; a single checkpoint's three parts each read their own tensors of the one file.
 
 Sources are either a diffusers folder in the ModelScope ``TextToVideoSDPipeline`` layout (a
 ``model_index.json`` next to ``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and ``scheduler/``) or
@@ -24,11 +32,13 @@ A model folder is data from a stranger, and nothing in it runs. Before any diffu
 
 * **Classes come from an allow-list per slot** (:data:`ALLOWED_CLASSES`): ``model_index.json`` may only name
   ``UNet3DConditionModel``, ``AutoencoderKL``, a CLIP text model, a CLIP tokenizer and one of the diffusers
-  noise schedulers in ``values.SCHEDULER_CLASSES``. The allowed class is instantiated directly, never through
-  an ``Auto*`` class that dispatches on the folder's content; transformers gets ``trust_remote_code=False``
-  and every loader ``local_files_only=True``. A diffusers slot may name its library as a diffusers module path
-  (zeroscope_v2_XL's index says ``models.unet_3d_condition``): nothing is imported from it, the class still
-  comes from the allow-list.
+  noise schedulers in ``values.SCHEDULER_CLASSES``; for the AnimateDiff and Stable Diffusion pipelines the unet slot
+  takes ``UNetMotionModel`` / ``UNet2DConditionModel`` instead (:data:`UNET_CLASSES`) and ``motion_adapter`` only
+  ``MotionAdapter`` (also the ``_class_name`` of an adapter folder's ``config.json``). The allowed class is
+  instantiated directly, never through an ``Auto*`` class that dispatches on the folder's content; transformers
+  gets ``trust_remote_code=False`` and every loader ``local_files_only=True``. A diffusers slot may name its
+  library as a diffusers module path (zeroscope_v2_XL's index says ``models.unet_3d_condition``): nothing is
+  imported from it, the class still comes from the allow-list.
 * **No remote code**: a config (``model_index.json``, ``config.json``, ``*_config.json``) holding ``auto_map``
   or ``custom_pipeline`` is refused, naming the file and the key; a ``.py`` in the folder is never imported.
 * **Size before allocation**: with a memory limit (``max_bytes``, the run's ``--max-memory``), the UNet, VAE
@@ -541,6 +551,8 @@ def _build_parts(folder: Path, index: dict[str, Any], parts: dict[str, _Part],
     problems: list[str] = []
     inputs: set[str] = set()
     for component, part in parts.items():
+        if part.module is not None:
+            continue  # built on meta and checked already (a single checkpoint's parts, before the adapter joins)
         where = f"{component}/ ({part.weights.describe()})"
         before = len(problems)
         try:
@@ -842,16 +854,15 @@ def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path
     weights = WeightSet(path.parent, None, fmt, (path,))
     infos, problems = inspect_weight_set(weights, f"the checkpoint {path.name}")
     if problems:
-        raise ModelLoadError("; ".join(problems))
+        raise ModelLoadError(_not_a_checkpoint(source, "; ".join(problems)))
     tensors = infos[path]
     if not is_ldm_checkpoint(tensors):
         kind = classify_keys(tensors)
-        what = {"original": "an AnimateDiff motion module (give it as motion_adapter)",
-                "diffusers": "a diffusers MotionAdapter state dict (give it as motion_adapter)",
-                "lora": "a LoRA (load it with load_lora)",
-                "modelscope": "a ModelScope UNet3D (give it as unet, with a ModelScope folder as source)"}.get(
-                    kind, "not a Stable Diffusion checkpoint in LDM's layout (no model.diffusion_model.* keys)")
-        raise ModelLoadError(f"the single file {source!r} is {what}")
+        what = {"original": "it is an AnimateDiff motion module: give it as motion_adapter",
+                "diffusers": "it is a diffusers MotionAdapter state dict: give it as motion_adapter",
+                "lora": "it is a LoRA: load it with load_lora",
+                "modelscope": "it is a ModelScope UNet3D"}.get(kind, "it has no model.diffusion_model.* keys")
+        raise ModelLoadError(_not_a_checkpoint(source, what))
     missing = [c for c, prefix in LDM_PREFIXES.items() if not any(k.startswith(prefix) for k in tensors)]
     if missing:
         raise ModelLoadError(f"the checkpoint {source!r} has no {', '.join(missing)} ("
@@ -875,9 +886,18 @@ def _plan_single_file(source: str, path: Path, config: str | None) -> tuple[Path
         _build_parts(folder, index, parts, None)
     except ModelLoadError as exc:
         raise _single_file_error(exc, config) from None
-    for component, part in parts.items():  # built again (and renamed again) once the adapter is joined
-        part.module, part.rename = None, renames[component]
+    # The VAE and the text encoder stay built and checked; the UNet is built again once the adapter is joined.
+    parts["unet"].module, parts["unet"].rename = None, renames["unet"]
     return folder, files, index, parts
+
+
+def _not_a_checkpoint(source: str, why: str) -> str:
+    """The refusal of a single file ``source`` that is not a Stable Diffusion checkpoint, with what loads instead."""
+    return (f"{source!r} is a single weight file but not a Stable Diffusion 1.5 checkpoint in LDM's layout ({why}). "
+            "A single checkpoint loads when it holds the UNet, the VAE and the CLIP text encoder "
+            "(model.diffusion_model.*, first_stage_model.*, cond_stage_model.transformer.*), with motion_adapter; a "
+            "UNet3D file (ModelScope's original layout or diffusers') loads with a diffusers text-to-video folder as "
+            "source and this file as unet. See docs/models.md")
 
 
 def _single_file_error(exc: ModelLoadError, config: str | None) -> ModelLoadError:
@@ -968,9 +988,14 @@ def load_model(source: str, device: str = "auto", dtype: str = "float32", memory
         if problems is not None:
             raise _report_all(folder, index, parts, problems, unet_path, unet_config)
     motion = _attach_motion(source, folder, index, parts, motion_adapter, variant, torch_dtype)
+    # The last element is what changes when files are edited in place (the folder's, the motion adapter's, the
+    # single checkpoint's): a changed model replaces its stale cache entry.
+    contents: Any = _fingerprint(files)
+    if motion is not None or single is not None:
+        contents = (contents, None if motion is None else motion.fingerprint,
+                    None if single is None else tuple(input_fingerprint(str(single))))
     key = (source, str(folder), resolved_device, str(torch_dtype), memory_format, bool(compile), variant,
-           unet_print, unet_config, None if motion is None else motion.fingerprint,
-           tuple((c, p.weights.files) for c, p in parts.items()), _fingerprint(files))
+           unet_print, unet_config, motion_adapter, tuple((c, p.weights.files) for c, p in parts.items()), contents)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:

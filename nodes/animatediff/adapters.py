@@ -172,18 +172,54 @@ def adapter_problems(source: MotionSource) -> list[str]:
     return problems
 
 
+def _defaults(cls: Any) -> dict[str, Any]:
+    """The keyword defaults of a diffusers model class's constructor (what ``from_config`` fills in)."""
+    import inspect
+
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _per_block(value: Any, blocks: int) -> list[Any]:
+    return [value] * blocks if isinstance(value, int) else list(value)
+
+
 def motion_unet_config(unet_config: dict[str, Any], adapter_config: dict[str, Any]) -> dict[str, Any]:
     """The ``UNetMotionModel`` config of a Stable Diffusion UNet (``UNet2DConditionModel`` config) with the motion
-    adapter ``adapter_config`` inserted, as ``UNetMotionModel.from_unet2d`` derives it (built on the meta device:
-    nothing is allocated). Raises diffusers' ``ValueError`` when they do not fit (other blocks or layers)."""
+    adapter ``adapter_config`` inserted: the rule of diffusers' ``UNetMotionModel.from_unet2d`` (block types to
+    their Motion twins, the adapter's heads, positions, mid block and layer counts), computed from the configs
+    alone (no module is built; a test checks it against ``from_unet2d``). Raises ``ValueError`` when they do not fit
+    (other numbers of blocks or of layers per block)."""
     from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-    def build() -> Any:
-        unet = UNet2DConditionModel.from_config(unet_config)
-        adapter = MotionAdapter.from_config(adapter_config)
-        return UNetMotionModel.from_unet2d(unet, adapter, load_weights=False)
-
-    return dict(build_on_meta(build).config)
+    unet = {**_defaults(UNet2DConditionModel), **unet_config}
+    adapter = {**_defaults(MotionAdapter), **adapter_config}
+    blocks = len(unet["down_block_types"])
+    if blocks != len(adapter["block_out_channels"]):
+        raise ValueError("Incompatible Motion Adapter, got different number of blocks")
+    if _per_block(unet["layers_per_block"], blocks) != _per_block(adapter["motion_layers_per_block"], blocks):
+        raise ValueError("Incompatible Motion Adapter, got different number of layers per block")
+    config = dict(unet)
+    config["down_block_types"] = ["CrossAttnDownBlockMotion" if "CrossAttn" in t else "DownBlockMotion"
+                                  for t in unet["down_block_types"]]
+    config["up_block_types"] = ["CrossAttnUpBlockMotion" if "CrossAttn" in t else "UpBlockMotion"
+                                for t in unet["up_block_types"]]
+    config.update({
+        "motion_num_attention_heads": adapter["motion_num_attention_heads"],
+        "motion_max_seq_length": adapter["motion_max_seq_length"],
+        "use_motion_mid_block": adapter["use_motion_mid_block"],
+        "layers_per_block": adapter["motion_layers_per_block"],
+        "temporal_transformer_layers_per_mid_block": adapter["motion_transformer_layers_per_mid_block"],
+        "temporal_transformer_layers_per_block": adapter["motion_transformer_layers_per_block"],
+    })
+    if adapter["conv_in_channels"]:
+        config["in_channels"] = adapter["conv_in_channels"]
+    if not config.get("num_attention_heads"):
+        config["num_attention_heads"] = config["attention_head_dim"]
+    defaults = _defaults(UNetMotionModel)
+    out = {**defaults, **{k: v for k, v in config.items() if k in defaults}}
+    out["_class_name"] = UNetMotionModel.__name__
+    return out
 
 
 def unet2d_config_of(motion_config: dict[str, Any]) -> dict[str, Any]:

@@ -238,6 +238,9 @@ def test_what_is_not_a_motion_adapter_is_refused_by_name(layouts: dict[str, Any]
     with pytest.raises(ModelLoadError, match="set motion_adapter to an AnimateDiff motion module") as info:
         load_model(sd, device="cpu")
     assert info.value.input == "motion_adapter"
+    with pytest.raises(ModelLoadError, match="is an AnimateDiff motion module: give it as motion_adapter") as info:
+        load_model(str(layouts["root"] / "mm_tiny.safetensors"), device="cpu")
+    assert info.value.input == "source"
 
 
 def test_motion_file_with_missing_or_extra_keys_names_them(engine: Any, layouts: dict[str, Any],
@@ -452,3 +455,63 @@ def test_every_layout_gives_the_same_frames_through_the_engine(engine: Any, layo
     reference = frames.pop("animatediff folder")
     assert tuple(reference.shape)[-2:] == (16, 16) and reference.std() > 0
     assert {case: (f - reference).abs().max().item() for case, f in frames.items()} == dict.fromkeys(frames, 0.0)
+
+
+def test_motion_unet_config_is_from_unet2d_s(layouts: dict[str, Any]) -> None:
+    """The UNetMotionModel config computed from the two configs equals the one diffusers' from_unet2d builds, for
+    the tiny model and for SD 1.5 + AnimateDiff v2 (built on the meta device), and incompatible ones are refused."""
+    from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+    from reelgraph.nodes.animatediff.adapters import motion_unet_config
+    from reelgraph.nodes.animatediff.shipped import SD15_CONFIG_DIR
+
+    sd15 = json.loads((SD15_CONFIG_DIR / "unet" / "config.json").read_text())
+    tiny = dict(layouts["parts"]["unet"].config)
+    for unet_config, adapter_config in ((tiny, dict(layouts["parts"]["motion_adapter"].config)), (sd15, {})):
+        with torch.device("meta"):
+            want = UNetMotionModel.from_unet2d(UNet2DConditionModel.from_config(unet_config),
+                                               MotionAdapter.from_config(adapter_config), load_weights=False).config
+        got = motion_unet_config(unet_config, adapter_config)
+        assert {k: got[k] for k in want if not k.startswith("_")} == {k: want[k] for k in want if not k.startswith("_")}
+    with pytest.raises(ValueError, match="number of layers per block"):
+        motion_unet_config(sd15, {"motion_layers_per_block": 1})
+
+
+def test_header_cache_follows_the_file(tmp_path: Path) -> None:
+    """A safetensors header is parsed once per file version (a single checkpoint is read for three parts), and a
+    rewritten file is parsed again."""
+    from safetensors.torch import save_file
+
+    from reelgraph.nodes import weights
+
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.zeros(2)}, str(path))
+    assert set(weights.safetensors_header(path)[0]) == {"a"}
+    key = next(k for k in weights._HEADERS if k[0] == str(path.resolve()))
+    assert set(weights.safetensors_header(path)[0]) == {"a"} and key in weights._HEADERS
+    save_file({"b": torch.zeros(3), "c": torch.ones(1)}, str(path))
+    assert set(weights.safetensors_header(path)[0]) == {"b", "c"}
+    assert [name for name, _ in weights.iter_safetensors(path)] == ["b", "c"]
+
+
+def test_an_edited_checkpoint_or_adapter_is_loaded_again(layouts: dict[str, Any], tmp_path: Path) -> None:
+    """load_model's own cache follows the single checkpoint's and the motion file's content (size and mtime): an
+    unchanged pair returns the same handles, an edited one is read again and replaces the stale entry."""
+    import os
+
+    from reelgraph.nodes import model_loading
+
+    root = layouts["root"]
+    checkpoint, adapter = tmp_path / "model.safetensors", tmp_path / "mm.ckpt"
+    checkpoint.write_bytes((root / "tiny-sd15.safetensors").read_bytes())
+    adapter.write_bytes((root / "mm_tiny.ckpt").read_bytes())
+    kwargs = {"source": str(checkpoint), "motion_adapter": str(adapter), "config": str(layouts["config"]),
+              "device": "cpu"}
+    first = load_model(**kwargs)
+    assert load_model(**kwargs) is first
+    entries = len(model_loading._cache)
+    for path in (checkpoint, adapter):
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+        again = load_model(**kwargs)
+        assert again is not first and len(model_loading._cache) == entries
+        first = again
