@@ -9,6 +9,7 @@ from typing import Any, Literal, NamedTuple
 
 from reelgraph import NodeInputError, RunContext, node, path_input
 
+from .imports import announce
 from .model_loading import ModelLoadError, ModelTooLarge, input_fingerprint, source_fingerprint, unet_fingerprint
 from .model_loading import load_model as _load_model
 from .threads import configure_threads
@@ -33,6 +34,7 @@ def _model_fingerprint(values: dict[str, Any], ctx: RunContext) -> Any:
     the numbers every downstream node computes, so they are part of every downstream key."""
     from .model_loading import resolve_device
 
+    announce(ctx, "torch")  # the first import of torch takes seconds: say so
     return [source_fingerprint(values["source"]), resolve_device(values.get("device", "auto")), configure_threads()]
 
 
@@ -117,6 +119,8 @@ def load_model(
             Stable Diffusion 1.5 configs and CLIP tokenizer shipped with reelgraph.
     """
     configure_threads()
+    announce(ctx, "diffusers", "transformers")
+    ctx.stage(f"loading {source}")
     try:
         unet_h, vae, text_encoder, scheduler = _load_model(
             source, device=device, dtype=dtype, memory_format=memory_format, compile=compile, max_bytes=ctx.max_memory,

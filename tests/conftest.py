@@ -42,6 +42,7 @@ SLOW_TESTS = (
     "tests/diffusion/test_diffusion_sampling.py::test_ddim_round_trip_on_random_weights_report",
     "tests/diffusion/test_default_model.py::test_half_precision_draws_the_same_prompt*",
     "tests/diffusion/test_train_tiny.py::*",
+    "tests/diffusion/test_cold_start.py::*",
 )
 
 
