@@ -11,7 +11,8 @@ starts or ends) divided by the same at every other frame pair (1.0 = no seam). S
 windows with independent noise (``unet3d_denoise`` as shipped) and with FreeNoise noise, plus the whole clip in
 one UNet call as a reference where the model takes it.
 
-Run: ``python bench/freenoise_seams.py [--quick] [--seeds 8] [--frames 24] [--context 8] [--overlap 4]``.
+Run: ``python bench/freenoise_seams.py [--quick] [--seeds 8] [--frames 24] [--context 8] [--overlap 4]
+[--models tiny animatediff]``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def measure(handles, label: str, seeds: int, frames: int, context: int, overlap:
 
 
 def run(quick: bool = False, seeds: int | None = None, frames: int = 24, context: int = 8, overlap: int = 4,
-        steps: int = 20, size: int = 32) -> list[Row]:
+        steps: int = 20, size: int = 32, models: tuple[str, ...] = ("tiny", "animatediff")) -> list[Row]:
     """Seam ratios on the trained ``builtin:tiny`` (ModelScope family) and the tiny AnimateDiff model."""
     import torch
 
@@ -98,15 +99,14 @@ def run(quick: bool = False, seeds: int | None = None, frames: int = 24, context
     torch.set_num_threads(1)
     quiet_hf_libraries()
     seeds = seeds or (2 if quick else 8)
-    rows = measure(load_model("builtin:tiny", device="cpu"), "builtin:tiny (trained)", seeds, frames, context,
-                   overlap, steps, size, whole=True)
-    try:
+    rows = []
+    if "tiny" in models:
+        rows += measure(load_model("builtin:tiny", device="cpu"), "builtin:tiny (trained)", seeds, frames, context,
+                        overlap, steps, size, whole=True)
+    if "animatediff" in models:
         animatediff = load_model("builtin:tiny-animatediff", device="cpu")
-    except Exception as exc:  # noqa: BLE001 - the AnimateDiff builtin may be absent in older trees
-        print(f"builtin:tiny-animatediff not measured: {exc}")
-    else:
-        rows += measure(animatediff, "builtin:tiny-animatediff (random)", seeds, frames, context, overlap, steps, size,
-                        whole=frames <= (animatediff[0].max_frames or frames))
+        rows += measure(animatediff, "builtin:tiny-animatediff (random)", seeds, frames, context, overlap, steps,
+                        size, whole=frames <= (animatediff[0].max_frames or frames))
     return rows
 
 
@@ -119,5 +119,7 @@ if __name__ == "__main__":
     parser.add_argument("--overlap", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--models", nargs="+", choices=("tiny", "animatediff"), default=("tiny", "animatediff"))
     args = parser.parse_args()
-    print_rows(run(args.quick, args.seeds, args.frames, args.context, args.overlap, args.steps, args.size))
+    print_rows(run(args.quick, args.seeds, args.frames, args.context, args.overlap, args.steps, args.size,
+                   tuple(args.models)))

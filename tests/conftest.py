@@ -30,6 +30,7 @@ SLOW_TESTS = (
     "tests/diffusion/test_diffusion_workflows.py::test_shipped_workflows_run_from_the_cli*",
     "tests/diffusion/*::*_from_the_cli*",
     "tests/diffusion/test_animatediff_sampling.py::test_controlnet_matches_animatediff_controlnet_pipeline*",
+    "tests/diffusion/test_animatediff_workflows.py::test_animatediff_*_equals_*",
     "tests/test_readme.py::test_main_job_writes_a_video",
     "tests/test_readme.py::test_python_examples*",
     "tests/test_readme.py::test_example_commands_run_as_written*",

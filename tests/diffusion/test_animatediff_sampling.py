@@ -179,8 +179,14 @@ def controlnet(reelgraph_home) -> ControlNet:
     clear_controlnet_cache()
 
 
-def test_sd_controlnet_fits_the_motion_unet(ad, controlnet) -> None:
+def test_sd_controlnet_fits_the_motion_unet_and_another_is_refused(ad, controlnet) -> None:
+    from reelgraph.nodes.controlnet import ControlError, load_controlnet
+
     check_compatible(controlnet, ad[0])  # raises ControlError when it does not fit
+    modelscope_cn = load_controlnet("builtin:tiny", device="cpu")  # made for builtin:tiny's UNet3D
+    with pytest.raises(ControlError, match="does not fit the UNet3D 'builtin:tiny-animatediff'") as info:
+        check_compatible(modelscope_cn, ad[0])
+    assert "channels" in str(info.value) and "1/4" in str(info.value)
 
 
 @pytest.mark.parametrize(("scale", "start", "end"), [(1.0, 0.0, 1.0), (0.7, 0.25, 0.75)])
