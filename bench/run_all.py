@@ -18,7 +18,8 @@ from common import ROOT, Row, machine
 
 BENCHMARKS = ["t2v_vs_diffusers", "edit_vs_diffusers", "rerun", "engine_overhead", "video_memory", "startup"]
 # Added by later work when present:
-OPTIONAL = ["controlnet_lora", "long_video", "tune", "batch", "optim_flags", "lora_sweep", "model_load"]
+OPTIONAL = ["controlnet_lora", "long_video", "tune", "batch", "optim_flags", "lora_sweep", "model_load", "cold_start",
+            "animatediff_vs_diffusers"]
 #: Benchmarks whose full curves take minutes alone: run_all takes their quick form to stay within 15 minutes
 #: (run them alone, e.g. ``python bench/long_video.py``, for every point).
 QUICK_IN_SUITE = {"long_video"}

@@ -36,6 +36,7 @@ class RunContext:
     _emit_progress: Callable[[int, int, dict[str, Any]], None] = field(repr=False, default=lambda i, n, e: None)
     _interrupt: threading.Event = field(repr=False, default_factory=threading.Event)
     _claims: list[Claim] = field(repr=False, default_factory=list)
+    _emit_stage: Callable[[str], None] = field(repr=False, default=lambda text: None)
 
     @property
     def _sandbox(self) -> Sandbox:
@@ -51,6 +52,15 @@ class RunContext:
         """Report step ``i`` of ``n`` (emits ``node_progress``) and stop here if the run was interrupted."""
         self.check_interrupted()
         self._emit_progress(i, n, extra)
+
+    def stage(self, text: str) -> None:
+        """Say what the node is doing before it can count steps (``importing torch``, ``reading weights``): emits
+        ``node_stage`` with ``text``, which the terminal shows as a line of its own; stops here if interrupted.
+
+        A node's fingerprint may call it too (its key is computed before the node starts).
+        """
+        self.check_interrupted()
+        self._emit_stage(text)
 
     def check_interrupted(self) -> None:
         """Raise :class:`RunInterrupted` if an interrupt was requested."""

@@ -1,6 +1,8 @@
 """Run events and the sinks that show them: a terminal progress display and a JSON-lines stream.
 
-Event kinds: ``run_started``, ``node_started``, ``node_cached``, ``node_progress`` (i/n),
+Event kinds: ``run_started``, ``node_started``, ``node_cached``, ``node_progress`` (i/n), ``node_stage``
+(``message``: what a node is doing before it can count steps, e.g. importing torch; may come before
+``run_started``, while cache keys are computed),
 ``node_finished`` (seconds), ``node_failed`` (message), ``cache_warning`` (a damaged disk cache entry was
 ignored and removed, or a result could not be written to the disk cache: ``reason`` is ``corrupt`` or
 ``write_failed``; the run goes on), ``run_finished`` (status, seconds).
@@ -21,6 +23,7 @@ EVENT_KINDS = (
     "node_started",
     "node_cached",
     "node_progress",
+    "node_stage",
     "node_finished",
     "node_failed",
     "cache_warning",
@@ -68,7 +71,8 @@ class JsonLinesSink:
 class TerminalProgress:
     """A human progress display on a terminal: overall node count and one bar for a long node.
 
-    On a TTY the bar redraws in place; otherwise only one line per finished node is printed.
+    On a TTY the bar redraws in place; otherwise only one line per finished node is printed. A node's stages
+    (``node_stage``: importing libraries, reading weights) get a line each, so a long load is never silent.
     """
 
     def __init__(self, stream: TextIO | None = None, width: int = 24) -> None:
@@ -100,6 +104,9 @@ class TerminalProgress:
             self.stream.write(f"\r\033[K[{self.done + 1}/{self.total}] {ev.node} |{bar}| {ev.i}/{ev.n}")
             self.stream.flush()
             self._bar_open = True
+        elif ev.event == "node_stage":
+            where = f"[{self.done + 1}/{self.total}] " if self.total else ""
+            self._line(f"{where}{ev.node} ({ev.node_type}): {ev.message}...")
         elif ev.event == "cache_warning":
             self._line(f"warning: {ev.node}: {ev.message}")
         elif ev.event == "node_failed":

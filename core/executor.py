@@ -8,6 +8,7 @@ run loses nothing already computed. A first SIGINT requests a clean stop (taking
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -84,6 +85,10 @@ def describe_value(value: Any) -> Any:
         return os.fspath(value)
     text = repr(value)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _emit_stage(emit: Sink, run_id: str, node_id: str, node_type: str, text: str) -> None:
+    emit(Event("node_stage", run_id, node=node_id, node_type=node_type, message=str(text)))
 
 
 def _no_progress(i: int, n: int, extra: dict[str, Any]) -> None:
@@ -172,6 +177,8 @@ class Executor:
         contexts = {n: RunContext(n, plan.nodes[n].type.name, sandbox.out_dir, sandbox.base_dir,
                                   self.disk.root if self.disk else None, temp_root, sandbox, overwrite,
                                   max_memory, _no_progress, flag) for n in order}
+        for node_id, ctx in contexts.items():
+            ctx._emit_stage = functools.partial(_emit_stage, emit, result.run_id, node_id, ctx.node_type)
         run = _RunState(plan, order, contexts, result, emit, flag)
         try:
             with _stop_requests(flag):

@@ -76,6 +76,9 @@ def resolve_params(wf: Workflow, given: dict[str, Any], problems: list[Problem])
             raw = given[name]
         elif spec.has_default:
             raw = spec.default
+        elif spec.optional:
+            values[name] = None  # the input it feeds checks whether it takes None
+            continue
         else:
             problems.append(Problem("missing_param", f"parameter {name!r} has no default and no value was given "
                                     f"(set it with --set {name}=...)", input=name))

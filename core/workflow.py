@@ -49,8 +49,14 @@ class ParamSpec(BaseModel):
 
     @property
     def has_default(self) -> bool:
-        """Whether the parameter declared a default (``null`` counts as no default)."""
+        """Whether the parameter declared a default other than ``null`` (see ``optional``)."""
         return "default" in self.model_fields_set and self.default is not None
+
+    @property
+    def optional(self) -> bool:
+        """Whether the parameter declared ``"default": null``: when no value is given, the inputs it feeds get
+        ``None`` (which only inputs that take ``None`` accept), so a workflow can leave an optional input unset."""
+        return "default" in self.model_fields_set and self.default is None
 
 
 class NodeSpec(BaseModel):

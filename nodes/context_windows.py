@@ -6,6 +6,12 @@ sampler evaluates the model on overlapping windows of ``context_frames`` frames 
 predictions into one prediction for the whole clip, then takes one scheduler step on the whole clip. Memory
 of a step is then bounded by the window, and temporal coherence across windows comes from the overlap.
 
+An AnimateDiff UNet (``UNetMotionModel``) needs them beyond a bound: its motion modules carry positional
+encodings for ``motion_max_seq_length`` frames (often 32) and were trained on 16, so the samplers refuse a UNet
+call on more frames than that (naming ``frames`` or ``context_frames``) and windows of 16 are its long-clip mode.
+FreeNoise-style noise re-use across windows was measured here (``bench/freenoise_seams.py``) and did not reduce
+seams, so it is not offered.
+
 The window schedule is the one the tiled VAE uses for space (:func:`reelgraph.nodes.vae_tiling.tile_spans`):
 windows start every ``context_frames - overlap`` frames and the last one is moved back to end at the last
 frame, so every window has full length, every frame is covered and neighbours share at least ``overlap``

@@ -73,22 +73,41 @@ class ControlError(ValueError):
 # --------------------------------------------------------------------------------------------- loading
 
 
+def _builtins() -> dict[str, tuple[Any, Any]]:
+    """The builtin ControlNets: source id -> (function giving its content id for cache keys, function giving
+    its folder: the shipped one, sha256-checked, or one built on first use)."""
+    from .animatediff.tiny_controlnet import (
+        TINY_ANIMATEDIFF_CONTROLNET_NAME,
+        TINY_ANIMATEDIFF_CONTROLNET_SOURCE,
+        ensure_tiny_animatediff_controlnet,
+    )
+    from .tiny_models import (
+        TINY_CONTROLNET_RANDOM_SOURCE,
+        TINY_CONTROLNET_SOURCE,
+        builtin_controlnet,
+        builtin_controlnet_version,
+    )
+
+    def tiny(source: str) -> tuple[Any, Any]:
+        return (lambda: builtin_controlnet_version(source)), (lambda: builtin_controlnet(source))
+
+    return {TINY_CONTROLNET_SOURCE: tiny(TINY_CONTROLNET_SOURCE),
+            TINY_CONTROLNET_RANDOM_SOURCE: tiny(TINY_CONTROLNET_RANDOM_SOURCE),
+            TINY_ANIMATEDIFF_CONTROLNET_SOURCE: ((lambda: TINY_ANIMATEDIFF_CONTROLNET_NAME),
+                                                 ensure_tiny_animatediff_controlnet)}
+
+
 def _resolve(source: str) -> Path:
     """Map a source id to a folder or a single ``.safetensors`` file."""
     if source.startswith("builtin:"):
-        from .tiny_models import (
-            TINY_CONTROLNET_RANDOM_SOURCE,
-            TINY_CONTROLNET_SOURCE,
-            WeightsMismatch,
-            builtin_controlnet,
-        )
+        from .tiny_models import WeightsMismatch
 
-        try:
-            return builtin_controlnet(source).resolve()
-        except KeyError:
+        builtins = _builtins()
+        if source not in builtins:
             raise ControlNetLoadError(f"unknown builtin ControlNet {source!r}; the builtins are "
-                                      f"{TINY_CONTROLNET_SOURCE!r} (trained) and {TINY_CONTROLNET_RANDOM_SOURCE!r}"
-                                      ) from None
+                                      f"{', '.join(repr(name) for name in builtins)}")
+        try:
+            return builtins[source][1]().resolve()
         except WeightsMismatch as exc:
             raise ControlNetLoadError(f"{source}: {exc}") from None
     path = Path(source).expanduser()
@@ -119,11 +138,14 @@ def _scan(folder: Path) -> list[FolderFile]:
 def controlnet_fingerprint(source: str) -> list[Any]:
     """What identifies a ControlNet source's content without reading weights (for the node's cache key)."""
     if source.startswith("builtin:"):
-        from .tiny_models import WeightsMismatch, builtin_controlnet_version
+        from .tiny_models import WeightsMismatch
 
+        entry = _builtins().get(source)
+        if entry is None:
+            return [source, None]
         try:
-            return [source, builtin_controlnet_version(source)]
-        except (KeyError, WeightsMismatch):  # load_controlnet says why
+            return [source, entry[0]()]
+        except WeightsMismatch:  # load_controlnet says why
             return [source, None]
     path = Path(source).expanduser()
     if not path.exists():
@@ -244,9 +266,9 @@ def _load_single_file(path: Path, dtype: torch.dtype, max_bytes: int | None = No
 
 def load_controlnet(source: str, device: str = "auto", dtype: str = "float32",
                     max_bytes: int | None = None) -> ControlNet:
-    """Load a ``ControlNetModel`` from a diffusers folder, a single weight file (config beside it) or
-    a builtin (``builtin:tiny``, trained; ``builtin:tiny-random``) onto ``device`` in ``dtype``; cached per
-    process (treat the module as read-only).
+    """Load a ``ControlNetModel`` from a diffusers folder, a single weight file (config beside it) or a builtin
+    (``builtin:tiny``, trained; ``builtin:tiny-random``; ``builtin:tiny-animatediff-controlnet``) onto ``device``
+    in ``dtype``; cached per process (treat the module as read-only).
 
     Raises ``ControlNetLoadError`` for a missing, malformed or unsafe source (see the module docstring), a
     refused pickle, weights that do not fit the config, or another class, and ``ModelTooLarge`` when its config

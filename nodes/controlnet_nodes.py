@@ -35,7 +35,8 @@ def load_controlnet(
     """Load a 2D ControlNet (diffusers ``ControlNetModel``) to steer a UNet3D frame by frame.
 
     Its blocks must line up with the UNet3D it is used with (for ModelScope-style models, an SD 2.x
-    ControlNet); ``unet3d_denoise`` checks this, block by block, before it runs. Loaded once per process.
+    ControlNet; for AnimateDiff, an SD 1.5 ControlNet, run per frame as ``AnimateDiffControlNetPipeline`` does);
+    ``unet3d_denoise`` checks this, block by block, before it runs. Loaded once per process.
     Checked like a model folder (no custom code, no links out of the folder, ``ControlNetModel`` only), and
     refused with ``too_large`` when its config exceeds the memory limit, before it is allocated.
 
@@ -44,8 +45,9 @@ def load_controlnet(
             ``torch.load(weights_only=True)``), a single weight file in diffusers layout with its ``config.json``
             (or ``<stem>.json``) beside it, ``builtin:tiny``, the ControlNet trained for ``builtin:tiny`` on the
             Canny edges of its shapes world (shipped, sha256-checked: the shape follows the control clip's path),
-            or ``builtin:tiny-random``, a random one built locally on first use. The module is built on the meta
-            device and filled from the file, so a load holds the weights once.
+            ``builtin:tiny-random``, a random one, or ``builtin:tiny-animatediff-controlnet``, a small random SD
+            ControlNet matching ``builtin:tiny-animatediff``, both built locally on first use. The module is built
+            on the meta device and filled from the file, so a load holds the weights once.
         device: ``auto`` picks CUDA when available, else the CPU.
         dtype: the weights' precision; ``float32`` on CPU.
     """

@@ -1,8 +1,9 @@
 """Nodes: prompt encoding, VAE encode/decode, UNet3D denoising and DDIM inversion.
 
 Each node wraps one function of :mod:`reelgraph.nodes.sampling`, whose loops reproduce diffusers'
-``TextToVideoSDPipeline`` / ``VideoToVideoSDPipeline`` / ``DDIMInverseScheduler`` step for step; the
-nodes add typed ports, progress, interruption and located errors.
+``TextToVideoSDPipeline`` / ``VideoToVideoSDPipeline`` (ModelScope UNet3D), ``AnimateDiffPipeline`` /
+``AnimateDiffVideoToVideoPipeline`` / ``AnimateDiffControlNetPipeline`` (AnimateDiff ``UNetMotionModel``) and
+``DDIMInverseScheduler`` step for step; the nodes add typed ports, progress, interruption and located errors.
 """
 
 from __future__ import annotations
@@ -173,7 +174,10 @@ def unet3d_denoise(
     """Generate video latents with the UNet3D: text-to-video, from given noise, or video-to-video.
 
     For the same model, prompts, seed, size, frames, steps, guidance and scheduler the result equals
-    diffusers' ``TextToVideoSDPipeline`` with ``generator=torch.Generator("cpu").manual_seed(seed)``.
+    diffusers' ``TextToVideoSDPipeline`` (ModelScope family) or ``AnimateDiffPipeline`` (AnimateDiff; with
+    ControlNet controls ``AnimateDiffControlNetPipeline``) with ``generator=torch.Generator("cpu").manual_seed(seed)``.
+    An AnimateDiff UNet's motion modules take at most their ``motion_max_seq_length`` frames (often 32) per
+    call: a longer clip needs ``context_frames``, and is refused before any step without it.
 
     Args:
         unet: the model's UNet3D.
@@ -195,7 +199,8 @@ def unet3d_denoise(
         context_frames: for long videos, run the UNet3D on sliding temporal windows of this many frames and
             average their overlapping predictions (UNet memory bounded by the window; the whole clip's latents
             are still held, and counted against ``--max-memory``); empty = the whole clip at once. Windows as
-            long as the clip give exactly the windowless result.
+            long as the clip give exactly the windowless result. For AnimateDiff, 16 (what its motion modules
+            were trained on) and never more than their ``motion_max_seq_length``.
         context_overlap: frames shared by neighbouring windows (smaller than ``context_frames``).
         context_fuse: how overlapping predictions are averaged: ``pyramid`` (weights peak in each window's
             middle, softer seams) or ``flat``.

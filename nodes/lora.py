@@ -20,12 +20,15 @@ Formats (keys are validated, and any key that is not understood or matches no la
   ``base_model.model.`` prefix, PEFT's unprefixed UNet keys, and the older ``.lora.down/.up``,
   ``.lora_linear_layer.down/.up`` and ``processor.to_q_lora.down`` spellings). ``alpha`` comes from a
   ``<module>.alpha`` tensor, else from diffusers' ``lora_adapter_metadata`` (``lora_alpha`` and
-  ``alpha_pattern``), else equals the rank.
+  ``alpha_pattern``; ``use_rslora`` makes the factor ``alpha / sqrt(rank)`` as in PEFT), else equals the rank.
+  The older spellings are also those of the AnimateDiff project's motion LoRAs, whose motion-module names
+  (``temporal_transformer``, ``attention_blocks.<n>``) map onto an AnimateDiff UNet (see :mod:`.lora_keys`).
 * kohya / A1111: ``lora_unet_<module_with_underscores>`` and ``lora_te_<…>`` with ``lora_down.weight``,
   ``lora_up.weight`` and ``alpha``. Module names are matched against the model's own names with dots
-  replaced by underscores, so temporal attention (``temp_attentions``), temporal convolutions and
-  ``transformer_in`` map like any other layer. Text-encoder names may carry CLIP's ``text_model.`` prefix,
-  which transformers 5 no longer has.
+  replaced by underscores, so temporal attention (``temp_attentions``), temporal convolutions,
+  ``transformer_in`` and AnimateDiff's ``motion_modules`` map like any other layer; on an AnimateDiff UNet
+  SD 1.5's LDM names (``lora_unet_input_blocks_1_1_…``) map too. LoCon convolutions: a ``k x k`` down and a
+  ``1 x 1`` up. Text-encoder names may carry CLIP's ``text_model.`` prefix, which transformers 5 no longer has.
 * Text-To-Video-Finetuning (its Stable-LoRA, loralib-style files): ``<module>.lora_A`` / ``<module>.lora_B``
   without ``.weight``, alpha equal to the rank. Its ``full_weights/`` files use diffusers' UNet names (and
   transformers 4's ``text_model.…`` names in the ``_text`` file); its webui files use ModelScope's original UNet
@@ -58,6 +61,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .lora_keys import family_hint, is_motion_unet, ldm_aliases, motion_module_name
 
 if TYPE_CHECKING:
     import torch
@@ -342,15 +347,24 @@ def _glob_fullmatch(pattern: str, text: str) -> bool:
 
 @dataclass(frozen=True)
 class _AlphaRules:
-    """One component's alphas from ``lora_adapter_metadata``: its pattern keys (in file order) and the default."""
+    """One component's alphas from ``lora_adapter_metadata``: its pattern keys (in file order), the default, and
+    whether PEFT's rank-stabilised scaling (``use_rslora``: ``alpha / sqrt(rank)`` instead of ``alpha / rank``)
+    applies."""
 
     literal: dict[str, tuple[int, float]]
     globs: tuple[tuple[int, str, float], ...]
     default: float | None
+    rslora: bool = False
 
     def alpha(self, module: str, rank: int) -> float:
         """The alpha of ``module``: that of the first key (in the file's order, as PEFT takes them) matching its
-        whole name or a suffix after a ``.``, else ``lora_alpha``, else the rank."""
+        whole name or a suffix after a ``.``, else ``lora_alpha``, else the rank; with ``use_rslora`` times
+        ``sqrt(rank)``, so that ``alpha / rank`` is PEFT's ``lora_alpha / sqrt(rank)``."""
+        value = self._alpha(module, rank)
+        return value * math.sqrt(rank) if self.rslora else value
+
+    def _alpha(self, module: str, rank: int) -> float:
+        """The alpha the metadata gives ``module`` (see :meth:`alpha`), before ``use_rslora``."""
         best: tuple[int, float] | None = None
         parts = module.split(".")
         for start in range(len(parts)):
@@ -390,7 +404,12 @@ def _alpha_rules(meta: dict[str, Any], component: str) -> _AlphaRules:
             literal.setdefault(text, (order, alpha))
     if len(globs) > _MAX_GLOB_PATTERNS:
         raise LoraValueError(f"{where} has {len(globs)} keys with '*', more than {_MAX_GLOB_PATTERNS}", where)
-    return _AlphaRules(literal, tuple(globs), default)
+    rslora_key = f"{component}.use_rslora"
+    rslora = meta.get(rslora_key, False)
+    if not isinstance(rslora, bool) and rslora is not None:
+        raise LoraValueError(f"{_METADATA} {rslora_key!r} must be true or false, got {rslora!r}",
+                             f"{_METADATA} {rslora_key!r}")
+    return _AlphaRules(literal, tuple(globs), default, bool(rslora))
 
 
 def _tensor_alpha(tensor: Any, key: str) -> float:
@@ -528,10 +547,15 @@ _OPENCLIP_TEXT = (("resblocks.", "encoder.layers."), (".attn.", ".self_attn."), 
                   (".mlp.c_proj", ".mlp.fc2"))
 
 
-def _other_layouts(key: str, model: Any, component: str) -> list[str]:
-    """The model's names for a module named in another layout: ModelScope's original UNet names, or the OpenCLIP
-    text names of Text-To-Video-Finetuning's webui files (``[transformer.]resblocks.<i>.attn.q_proj`` …)."""
+def _other_layouts(key: str, model: Any, component: str, aliases: dict[str, str]) -> list[str]:
+    """The model's names for a module named in another layout: on an AnimateDiff UNet the AnimateDiff project's
+    motion-module names and SD's LDM names (``aliases``, see :mod:`reelgraph.nodes.lora_keys`), on another UNet
+    ModelScope's original names, and the OpenCLIP text names of Text-To-Video-Finetuning's webui files
+    (``[transformer.]resblocks.<i>.attn.q_proj`` …)."""
     if component == "unet":
+        if is_motion_unet(model):
+            name = motion_module_name(key) or aliases.get(key)
+            return [name] if name else []
         config = getattr(model, "config", None)
         if config is None or "down_block_types" not in config:
             return []
@@ -557,9 +581,11 @@ def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, koh
     """
     modules = _adaptable(model)
     by_underscore: dict[str, str | None] = {}
-    for name in modules:
+    aliases = ldm_aliases(model) if component == "unet" and is_motion_unet(model) else {}
+    for name in [*modules, *aliases]:
         flat = name.replace(".", "_")
-        by_underscore[flat] = None if flat in by_underscore else name  # None marks an ambiguous spelling
+        target = aliases.get(name, name)
+        by_underscore[flat] = None if by_underscore.get(flat, target) != target else target  # None: ambiguous
     resolved: dict[str, LoraWeights] = {}
     unmatched: list[str] = []
     misfits: list[str] = []
@@ -569,7 +595,7 @@ def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, koh
         if component == "text_encoder" and key.startswith(prefix):
             candidates.append(key[len(prefix):])
         if not kohya:
-            candidates += _other_layouts(key, model, component)
+            candidates += _other_layouts(key, model, component, aliases)
         name = None
         for candidate in candidates:
             name = by_underscore.get(candidate) if kohya else (candidate if candidate in modules else None)
@@ -587,7 +613,8 @@ def resolve_lora(layers: dict[str, LoraWeights], model: Any, component: str, koh
     problems = []
     if unmatched:
         problems.append(f"{len(unmatched)} LoRA key(s) match no layer of the {component} (a LoRA for another "
-                        f"architecture?): {_listing(sorted(unmatched))}")
+                        f"architecture?): {_listing(sorted(unmatched))}"
+                        f"{family_hint(unmatched, model) if component == 'unet' else ''}")
     if misfits:
         problems.append(f"{len(misfits)} layer(s) of the {component} have other shapes than the LoRA's: "
                         f"{_listing(sorted(misfits))}")

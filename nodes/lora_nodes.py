@@ -1,5 +1,6 @@
-"""Node: apply a LoRA (a file, or an in-memory adapter from a link such as ``tune_video.lora``) to a UNet3D and
-its CLIP text encoder, as patched copies (the inputs stay as they were).
+"""Node: apply a LoRA (a file, or an in-memory adapter from a link such as ``tune_video.lora``) to a UNet3D (the
+ModelScope family's ``UNet3DConditionModel`` or AnimateDiff's ``UNetMotionModel``) and its CLIP text encoder, as
+patched copies (the inputs stay as they were).
 
 Chaining ``load_lora`` nodes stacks LoRAs. Because the loaded models are shared between graph branches and
 runs, nothing is modified in place: a branch without the LoRA keeps getting the base model's results.
@@ -90,7 +91,7 @@ def load_lora(
     scale_text: LoraScale = 1.0,
     lora: LoraAdapter | None = None,
 ) -> LoraModels:
-    """Apply a LoRA (style, concept or motion adapter) to the UNet3D and the text encoder.
+    """Apply a LoRA (style, concept or motion adapter) to the UNet3D (ModelScope or AnimateDiff) and the text encoder.
 
     Each targeted weight becomes ``W + scale * (alpha / rank) * up @ down`` in a patched copy of the model
     that shares every other weight with it; the input models are never changed, so other branches and
@@ -106,12 +107,15 @@ def load_lora(
         unet: the UNet3D to adapt (``load_model.unet`` or another ``load_lora.unet``).
         text_encoder: the text encoder to adapt (returned as is when the LoRA has no text-encoder part).
         source: a ``.safetensors`` LoRA file in diffusers/PEFT (``lora_A``/``lora_B``), kohya/A1111
-            (``lora_down``/``lora_up``/``alpha``) or Text-To-Video-Finetuning format (its ``full_weights`` files
-            and its webui files with ModelScope's ``input_blocks.*`` names; see docs/models.md), or
-            ``builtin:tiny-lora``, the LoRA trained for ``builtin:tiny`` that teaches it a shape it has never
-            seen, the horizontal bar (``a red bar moving left``; shipped, sha256-checked), or
-            ``builtin:tiny-lora-random``, a random one generated reproducibly on first use.
-            Pickle files load only if they hold nothing but tensors. Leave empty when ``lora`` is linked.
+            (``lora_down``/``lora_up``/``alpha``, LoCon convolutions included) or Text-To-Video-Finetuning format
+            (its ``full_weights`` files and its webui files with ModelScope's ``input_blocks.*`` names; see
+            docs/models.md); on an AnimateDiff UNet also SD 1.5 LoRAs (kohya files in diffusers' or the LDM
+            ``input_blocks_*`` names) and motion LoRAs (the AnimateDiff project's ``.ckpt`` files or diffusers'
+            conversion of them; see docs/controlnet_lora.md); or ``builtin:tiny-lora``, the LoRA trained for
+            ``builtin:tiny`` that teaches it a shape it has never seen, a horizontal bar (``a red bar moving
+            left``; shipped, sha256-checked), or ``builtin:tiny-lora-random``, a random one generated
+            reproducibly on first use. Pickle files load only if they hold nothing but tensors. Leave empty when
+            ``lora`` is linked.
         scale_unet: multiplier of the UNet3D part; 0 leaves the UNet3D unchanged.
         scale_text: multiplier of the text-encoder part; 0 leaves the text encoder unchanged.
         lora: an in-memory LoRA from a link (``tune_video.lora``) instead of a file; applied exactly as the

@@ -65,7 +65,7 @@ class Metric:
     ``items`` are per-frame values (PSNR, SSIM, CLIP text alignment) or per-pair values (frame
     consistency); ``item_label`` names them in the plural (``frames``, ``consecutive pairs``, ``pairs``).
     ``details`` holds JSON-able settings (data range, pair mode, prompt, model) so a report states exactly
-    what was measured.
+    what was measured; ``scale`` says how to read the number (``0 to 100``, ``lower is better``).
     """
 
     name: str
@@ -75,12 +75,16 @@ class Metric:
     unit: str = ""
     higher_is_better: bool = True
     details: dict[str, Any] = field(default_factory=dict)
+    scale: str = ""
 
     def __str__(self) -> str:
-        """One readable line, as the command line prints outputs: ``psnr = 31.42 dB (mean of 8 frames)``."""
+        """One readable line, as the command line prints outputs, rounded to 4 significant digits and with the
+        metric's scale: ``ssim = 0.9312 (0 to 1, 1 = identical; mean of 8 frames)``."""
         unit = f" {self.unit}" if self.unit else ""
-        count = f" (mean of {len(self.items)} {self.item_label})" if self.items else ""
-        return f"{self.name} = {self.value:.6g}{unit}{count}"
+        notes = [self.scale] if self.scale else []
+        if self.items:
+            notes.append(f"mean of {len(self.items)} {self.item_label}")
+        return f"{self.name} = {self.value:.4g}{unit}" + (f" ({'; '.join(notes)})" if notes else "")
 
     def to_json(self) -> dict[str, Any]:
         """A strict-JSON dict (non-finite floats as strings, see ``json_float``)."""
@@ -92,6 +96,7 @@ class Metric:
             "item_label": self.item_label,
             "items": [json_float(v) for v in self.items],
             "details": self.details,
+            "scale": self.scale,
         }
 
     @classmethod
@@ -99,7 +104,8 @@ class Metric:
         """Rebuild from ``to_json`` output."""
         return cls(name=data["name"], value=_from_json_float(data["value"]),
                    items=tuple(_from_json_float(v) for v in data["items"]), item_label=data["item_label"],
-                   unit=data["unit"], higher_is_better=bool(data["higher_is_better"]), details=data["details"])
+                   unit=data["unit"], higher_is_better=bool(data["higher_is_better"]), details=data["details"],
+                   scale=str(data.get("scale", "")))
 
     def __reelgraph_state__(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """Persistence protocol: no tensors, everything in the JSON metadata."""

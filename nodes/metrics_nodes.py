@@ -121,7 +121,7 @@ def ssim(
     values = metrics.ssim_per_frame(video.frames, reference.frames, kernel_size=kernel_size, sigma=sigma,
                                     progress=_progress(ctx))
     value = _mean(values)
-    metric = Metric(label or "ssim", value, tuple(values), details={
+    metric = Metric(label or "ssim", value, tuple(values), scale="0 to 1, 1 = identical", details={
         "data_range": 1.0, "kernel_size": kernel_size, "sigma": sigma, "k1": 0.01, "k2": 0.03,
         **_size_details(video)})
     return FrameMetric(value, values, metric)
@@ -175,7 +175,7 @@ def clip_text_alignment(clip: ClipModel, video: Video, prompt: str, ctx: RunCont
     cos = torch.nn.functional.cosine_similarity(images.double(), text.double()[None], dim=-1)
     values = [float(v) for v in 100 * cos.clamp(min=0)]
     value = _mean(values)
-    metric = Metric(label or "clip_text_alignment", value, tuple(values), details={
+    metric = Metric(label or "clip_text_alignment", value, tuple(values), scale="CLIP score, 0 to 100", details={
         "model": clip.source, "prompt": prompt, "definition": "100 * max(cos(image, text), 0)",
         "frames": video.num_frames})
     return FrameMetric(value, values, metric)
@@ -201,7 +201,7 @@ def clip_frame_consistency(clip: ClipModel, video: Video, ctx: RunContext, pairs
     images = embed_frames(clip, video.frames, batch=batch_frames, progress=_progress(ctx))
     values = metrics.cosine_pairs(images, pairs)
     value = _mean(values)
-    metric = Metric(label or "clip_frame_consistency", value, tuple(values),
+    metric = Metric(label or "clip_frame_consistency", value, tuple(values), scale="cosine, 1 = alike",
                     item_label="consecutive pairs" if pairs == "consecutive" else "pairs",
                     details={"model": clip.source, "pairs": pairs, "frames": video.num_frames})
     return PairMetric(value, values, metric)
@@ -300,7 +300,8 @@ def frechet_distance(features_a: Features, features_b: Features, label: Label = 
         if features.count < 2:
             raise NodeInputError(f"{name} holds {features.count} vector; a covariance needs at least 2", input=name)
     value = metrics.frechet_distance(features_a.tensor, features_b.tensor)
-    metric = Metric(label or "frechet_distance", value, higher_is_better=False, details={
+    metric = Metric(label or "frechet_distance", value, higher_is_better=False,
+                    scale="0 = same distribution, lower is better", details={
         "features": features_a.source or features_b.source, "count_a": features_a.count,
         "count_b": features_b.count, "dim": features_a.dim})
     return DistanceMetric(value, metric)

@@ -31,7 +31,7 @@ peak memory of a load is about the size of the loaded weights.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,10 +47,12 @@ __all__ = [
     "build_on_meta",
     "check_weight_set",
     "choose_weight_set",
+    "computable_buffers",
     "find_weight_sets",
     "inspect_weight_set",
     "load_weight_set",
     "preferred_variants",
+    "renamer_for",
 ]
 
 #: What ``load_model(variant=...)`` accepts.
@@ -66,6 +68,16 @@ _MAX_INDEX_BYTES = 16 * 1024**2
 Renamer = Callable[[str], "str | None"]
 #: ``fit(model_key, tensor, wanted_shape) -> tensor`` reshapes a tensor stored in another layout.
 Fitter = Callable[[str, Any, tuple[int, ...]], Any]
+#: One renamer for every file of a set, or one per file (a set may join files in different layouts, such as a
+#: Stable Diffusion UNet and an AnimateDiff motion-module file; a file absent from the mapping keeps its names).
+Renames = Renamer | Mapping[Path, Renamer | None] | None
+
+
+def renamer_for(rename: Renames, path: Path) -> Renamer | None:
+    """The renamer that applies to the file ``path`` of a set (see :data:`Renames`)."""
+    if isinstance(rename, Mapping):
+        return rename.get(path)
+    return rename
 
 
 @dataclass(frozen=True)
@@ -220,12 +232,14 @@ def inspect_weight_set(weights: WeightSet, where: str) -> tuple[dict[Path, dict[
     return infos, problems
 
 
-def check_weight_set(weights: WeightSet, module: Any, where: str, rename: Renamer | None = None,
+def check_weight_set(weights: WeightSet, module: Any, where: str, rename: Renames = None,
                      fit: Fitter | None = None,
-                     infos: dict[Path, dict[str, TensorInfo]] | None = None) -> list[str]:
+                     infos: dict[Path, dict[str, TensorInfo]] | None = None,
+                     only: Callable[[str], bool] | None = None) -> list[str]:
     """Every mismatch between a file set and the (meta) ``module``: unreadable or refused files, tensors the model
     lacks, weights the files lack, shapes that differ; empty when the files fit. ``infos`` are the set's tensors
-    from :func:`inspect_weight_set`, when already read."""
+    from :func:`inspect_weight_set`, when already read. ``only(key)`` limits the check to the module's weights it
+    accepts (the files of one part of a module joined from two sources, such as an AnimateDiff motion adapter)."""
     if infos is None:
         infos, problems = inspect_weight_set(weights, where)
         if problems:
@@ -234,8 +248,9 @@ def check_weight_set(weights: WeightSet, module: Any, where: str, rename: Rename
     found: dict[str, TensorInfo] = {}
     source: dict[str, str] = {}
     for path in weights.files:
+        file_rename = renamer_for(rename, path)
         for name, info in infos[path].items():
-            key = rename(name) if rename is not None else name
+            key = file_rename(name) if file_rename is not None else name
             if key is None:
                 continue
             if key in found:
@@ -243,7 +258,9 @@ def check_weight_set(weights: WeightSet, module: Any, where: str, rename: Rename
                 continue
             found[key], source[key] = info, path.name
     expected = _expected(module)
-    missing = sorted(set(expected) - set(found))
+    if only is not None:
+        expected = {k: v for k, v in expected.items() if only(k)}
+    missing = sorted(set(expected) - set(found) - computable_buffers(module))
     misfits = []
     for key in sorted(set(found) & set(expected)):
         shape, floating = expected[key]
@@ -269,6 +286,32 @@ def _fits(fit: Fitter, key: str, info: TensorInfo, shape: tuple[int, ...]) -> bo
         return False
 
 
+def _sinusoid(owner: Any) -> bool:
+    """Whether ``owner`` is diffusers' ``SinusoidalPositionalEmbedding`` (AnimateDiff's motion modules), whose
+    ``pe`` table its constructor computes (AnimateDiff's original files carry it as ``pos_encoder.pe``, which
+    diffusers' own conversion drops and recomputes)."""
+    return type(owner).__name__ == "SinusoidalPositionalEmbedding" and type(owner).__module__.startswith("diffusers")
+
+
+def computable_buffers(module: Any) -> set[str]:
+    """The state-dict buffers of ``module`` that a loader computes when the files lack them (the motion modules'
+    sinusoidal ``pe`` tables): not required in a weight set."""
+    out = set()
+    for name, sub in module.named_modules():
+        if _sinusoid(sub) and "pe" not in sub._non_persistent_buffers_set:
+            out.add(f"{name}.pe" if name else "pe")
+    return out
+
+
+def _computed_buffer(module: Any, key: str, dtype: torch.dtype) -> Any:
+    """The value of the computable buffer ``key`` (see :func:`computable_buffers`): the owner's class rebuilt on
+    the CPU at the buffer's size computes it exactly as diffusers does."""
+    owner_name, _, _ = key.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    _, length, width = owner.pe.shape
+    return type(owner)(int(width), int(length)).pe.to(dtype)
+
+
 def _materialise_buffers(module: Any) -> None:
     """Give the buffers a meta build left empty (not in any weight file) their values: CLIP's ``position_ids``
     (``arange``) is the only one the allowed classes have; any other is an error, never left on meta."""
@@ -291,21 +334,25 @@ def _wanted(name: str, rename: Renamer | None, expected: dict[str, Any]) -> bool
     return key is not None and key in expected
 
 
-def load_weight_set(weights: WeightSet, module: Any, dtype: torch.dtype, rename: Renamer | None = None,
+def load_weight_set(weights: WeightSet, module: Any, dtype: torch.dtype, rename: Renames = None,
                     fit: Fitter | None = None) -> Any:
     """Fill the meta ``module`` with the file set's tensors, each read in its stored precision and cast once to
-    ``dtype`` (floating-point tensors only), and return it; ``check_weight_set`` must have passed."""
+    ``dtype`` (floating-point tensors only), and return it; ``check_weight_set`` must have passed. Computable
+    buffers the files lack (:func:`computable_buffers`) are computed."""
     expected = _expected(module)
     state: dict[str, Any] = {}
     for path in weights.files:
-        for name, tensor in iter_weights(path, dtype, keep=lambda n: _wanted(n, rename, expected)):
-            key = rename(name) if rename is not None else name
+        file_rename = renamer_for(rename, path)
+        for name, tensor in iter_weights(path, dtype, keep=lambda n, r=file_rename: _wanted(n, r, expected)):
+            key = file_rename(name) if file_rename is not None else name
             if key is None or key not in expected:
                 continue
             shape = expected[key][0]
             if tuple(tensor.shape) != shape and fit is not None:
                 tensor = fit(key, tensor, shape)
             state[key] = tensor
+    for key in computable_buffers(module) - set(state):
+        state[key] = _computed_buffer(module, key, dtype)
     module.load_state_dict(state, strict=True, assign=True)
     del state
     _materialise_buffers(module)

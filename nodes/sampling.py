@@ -1,10 +1,22 @@
-"""Sampling building blocks on ``UNet3DConditionModel``: prompt encoding, denoising, DDIM inversion and
-chunked VAE encode/decode.
+"""Sampling building blocks on the video UNets: prompt encoding, denoising, DDIM inversion and chunked VAE
+encode/decode.
 
 The loops here are reelgraph's own (the diffusers text-to-video pipelines are deprecated), but they follow
 the pipelines' arithmetic step for step, including how and in which order random numbers are drawn, so
-that for the same seed they give the same result as ``TextToVideoSDPipeline`` / ``VideoToVideoSDPipeline``
-with ``generator=torch.Generator("cpu").manual_seed(seed)``. The tests check that equality.
+that for the same seed they give the same result as the family's diffusers pipelines with
+``generator=torch.Generator("cpu").manual_seed(seed)``. The tests check that equality.
+
+Two UNet families (``UNet3D.family``) run through the same loops:
+
+* ``modelscope`` (``UNet3DConditionModel``): ``TextToVideoSDPipeline`` / ``VideoToVideoSDPipeline``. The
+  UNet repeats the text states per frame itself; the pipelines step the scheduler on frame-major
+  ``[B*F, C, h, w]`` latents, so random draws inside a step (DDIM's ``eta``) and video-to-video noise come
+  in that layout.
+* ``animatediff`` (``UNetMotionModel``): ``AnimateDiffPipeline`` / ``AnimateDiffVideoToVideoPipeline`` /
+  ``AnimateDiffControlNetPipeline``. The UNet takes the text states already repeated per frame
+  (``[N*F, L, D]``, ``repeat_interleave``), the pipelines step the scheduler on the ``[B, C, F, h, w]``
+  latents as they are, and its motion modules take at most ``UNet3D.max_frames`` frames per call (longer
+  clips need context windows; refused before any step otherwise).
 
 Conventions:
 
@@ -132,6 +144,7 @@ def _predict(
 ) -> torch.Tensor:
     """One UNet evaluation with optional classifier-free guidance, as the pipelines do it.
 
+    ``embeds`` are the UNet's ``encoder_hidden_states`` as its family takes them (see :func:`_unet_embeds`).
     ``controls`` active at ``step`` of ``total`` add their ControlNet residuals to both guidance halves, as
     diffusers' AnimateDiff ControlNet pipeline does; when none is active the call is the plain one.
     """
@@ -169,35 +182,67 @@ def _window_controls(conditioning: Conditioning, unet: UNet3D, embeds: torch.Ten
     return prepared
 
 
+def _unet_embeds(unet: UNet3D, embeds: torch.Tensor, frames: int) -> torch.Tensor:
+    """``encoder_hidden_states`` for a call on ``frames`` frames: AnimateDiff's UNet takes them repeated per
+    frame (``[N*F, L, D]``, as its pipelines pass them); ModelScope's repeats ``[N, L, D]`` itself."""
+    if unet.family == "animatediff":
+        return embeds.repeat_interleave(frames, dim=0)
+    return embeds
+
+
+def _check_frames_per_call(unet: UNet3D, frames: int, windows: list[tuple[int, int]], context_frames: int | None,
+                           frames_input: str) -> None:
+    """Refuse a UNet call on more frames than the motion modules' positional encoding holds (AnimateDiff),
+    before any step, naming the setting to change (``frames_input`` when windows are off)."""
+    limit = unet.max_frames
+    longest = max(stop - start for start, stop in windows)
+    if limit is None or longest <= limit:
+        return
+    hint = f"set context_frames to at most {limit} (16 is what most motion modules were trained on)"
+    if context_frames is None:
+        raise SamplingInputError(f"the clip has {frames} frames, but the motion modules of {unet.source!r} take at "
+                                 f"most {limit} frames per UNet call (motion_max_seq_length); {hint} to run it in "
+                                 "sliding context windows", input=frames_input)
+    raise SamplingInputError(f"context_frames={context_frames} is more than the {limit} frames per UNet call that "
+                             f"the motion modules of {unet.source!r} take (motion_max_seq_length); {hint}",
+                             input="context_frames")
+
+
 def guided_predictor(
     unet: UNet3D, conditioning: Conditioning, embeds: torch.Tensor, do_cfg: bool, guidance_scale: float,
     shape: tuple[int, int, int, int, int], context_frames: int | None = None, context_overlap: int = 4,
-    context_fuse: str = "pyramid",
+    context_fuse: str = "pyramid", frames_input: str = "frames",
 ) -> GuidedPredict:
     """The guided UNet3D prediction for latents of ``shape``, per context window when windows are on.
 
-    ``embeds``/``do_cfg`` come from the conditioning (``[negative; positive]`` with guidance). The
+    ``embeds``/``do_cfg`` come from the conditioning (``[negative; positive]`` with guidance); they are
+    repeated per frame here for a family whose UNet takes them so, once per window length. The
     conditioning's ControlNet controls are checked and laid out here, before any step: for the whole clip
     or, with several windows, once per window with their frames sliced to it. With a single window (windows
     off or ``context_frames >= frames``) the prediction is exactly the plain ``_predict`` call. Raises
-    ``ContextWindowError`` for impossible window settings and ``ControlError`` for controls that do not fit.
+    ``ContextWindowError`` for impossible window settings, ``ControlError`` for controls that do not fit and
+    ``SamplingInputError`` (naming ``frames_input`` or ``context_frames``) for more frames per UNet call
+    than the UNet takes.
     """
     module = unet.module
     _, _, frames, lat_h, lat_w = shape
     height, width = lat_h * int(unet.vae_scale_factor), lat_w * int(unet.vae_scale_factor)
     windows = context_windows(frames, context_frames, context_overlap, context_fuse)
+    _check_frames_per_call(unet, frames, windows, context_frames, frames_input)
     if len(windows) == 1:
         controls = prepare_controls(conditioning, unet, embeds, frames, height, width)
+        unet_embeds = _unet_embeds(unet, embeds, frames)
 
         def predict(x: torch.Tensor, t: Any, sched: Any, step: int, total: int) -> torch.Tensor:
-            return _predict(module, x, t, embeds, do_cfg, guidance_scale, sched, controls, step, total)
+            return _predict(module, x, t, unet_embeds, do_cfg, guidance_scale, sched, controls, step, total)
 
         return predict
     per_window = _window_controls(conditioning, unet, embeds, frames, windows, height, width)
+    per_length = {n: _unet_embeds(unet, embeds, n) for n in {stop - start for start, stop in windows}}
 
     def predict_windows(x: torch.Tensor, t: Any, sched: Any, step: int, total: int) -> torch.Tensor:
         def one(index: int, start: int, stop: int) -> torch.Tensor:
-            return _predict(module, x[:, :, start:stop], t, embeds, do_cfg, guidance_scale, sched,
+            return _predict(module, x[:, :, start:stop], t, per_length[stop - start], do_cfg, guidance_scale, sched,
                             per_window[index], step, total)
 
         return fuse_predictions(one, windows, context_fuse)
@@ -330,14 +375,16 @@ def denoise(
     """Run the reverse diffusion on the UNet3D and return the final latents ``[B, C, F, h, w]``.
 
     Text-to-video (``latents is None``): starts from ``noise`` (a standard normal ``[B, C, F, h, w]``
-    tensor) or, when ``noise`` is ``None``, from noise drawn exactly as ``TextToVideoSDPipeline`` draws it;
-    ``height``/``width`` are in pixels and must divide by the VAE factor. The result equals the pipeline's
-    latents for ``generator=torch.Generator("cpu").manual_seed(seed)``.
+    tensor) or, when ``noise`` is ``None``, from noise drawn exactly as ``TextToVideoSDPipeline`` and
+    ``AnimateDiffPipeline`` draw it; ``height``/``width`` are in pixels and must divide by the VAE factor.
+    The result equals the family's pipeline's latents for ``generator=torch.Generator("cpu").manual_seed(seed)``.
 
     Video-to-video (``latents`` given, ``0 < strength <= 1``): skips the first ``steps - int(steps *
     strength)`` timesteps and noises ``latents`` to the first remaining one, with ``noise`` or with noise
-    drawn as ``VideoToVideoSDPipeline`` draws it when it is handed latents directly (one ``[B*F, C, h, w]``
-    draw, frame-major), so it equals that pipeline for the same seed.
+    drawn as the family's pipeline draws it when handed latents: ``VideoToVideoSDPipeline`` one
+    ``[B*F, C, h, w]`` draw (frame-major), ``AnimateDiffVideoToVideoPipeline`` one ``[B, C, F, h, w]`` draw
+    (its ``latents=`` path with ``enforce_inference_steps=True`` and ``num_inference_steps = int(steps *
+    strength)``), so it equals that pipeline for the same seed. Given ``noise`` is always ``[B, C, F, h, w]``.
 
     ``scheduler_type`` picks ``"ddim"``, ``"dpm++"`` or ``"euler"`` built from the model's scheduler config,
     or the model's own scheduler (``None``); a fresh scheduler is built for every call. ``eta`` only
@@ -373,7 +420,11 @@ def denoise(
 
     b, _, f, _, _ = shape
     predict = guided_predictor(unet, conditioning, embeds, do_cfg, guidance_scale, shape, context_frames,
-                               context_overlap, context_fuse)
+                               context_overlap, context_fuse,
+                               frames_input="frames" if init is None and noise is None else
+                               "latents" if init is not None else "noise")
+    # ModelScope's pipelines step (and draw step noise) on frame-major [B*F, C, h, w]; AnimateDiff's on 5-D.
+    frame_major = unet.family != "animatediff"
 
     sched = prepare_timesteps(scheduler.create(scheduler_type), steps, device)
     timesteps = sched.timesteps
@@ -392,14 +443,20 @@ def denoise(
             timesteps = timesteps[t_start:]
             if hasattr(sched, "set_begin_index"):
                 sched.set_begin_index(t_start)
-            init_flat = _to_frames_batch(init.to(device=device, dtype=dtype))
-            if noise is None:
-                noise_flat = torch.randn(init_flat.shape, generator=generator, device="cpu", dtype=dtype)
+            init = init.to(device=device, dtype=dtype)
+            if not frame_major:
+                if noise is None:
+                    noise = torch.randn(shape, generator=generator, device="cpu", dtype=dtype)
+                x = sched.add_noise(init, noise.to(device=device, dtype=dtype), timesteps[:1].repeat(b))
             else:
-                noise_flat = _to_frames_batch(noise)
-            noise_flat = noise_flat.to(device=device, dtype=dtype)
-            noised = sched.add_noise(init_flat, noise_flat, timesteps[:1].repeat(b))
-            x = _from_frames_batch(noised, b, f)
+                init_flat = _to_frames_batch(init)
+                if noise is None:
+                    noise_flat = torch.randn(init_flat.shape, generator=generator, device="cpu", dtype=dtype)
+                else:
+                    noise_flat = _to_frames_batch(noise)
+                noise_flat = noise_flat.to(device=device, dtype=dtype)
+                noised = sched.add_noise(init_flat, noise_flat, timesteps[:1].repeat(b))
+                x = _from_frames_batch(noised, b, f)
 
         params = set(inspect.signature(sched.step).parameters)
         step_kwargs: dict[str, Any] = {}
@@ -411,11 +468,34 @@ def denoise(
         total = len(timesteps)
         for i, t in enumerate(timesteps):
             pred = predict(x, t, sched, i, total)
-            stepped = sched.step(_to_frames_batch(pred), t, _to_frames_batch(x), **step_kwargs).prev_sample
-            x = _from_frames_batch(stepped, b, f)
+            if frame_major:
+                stepped = sched.step(_to_frames_batch(pred), t, _to_frames_batch(x), **step_kwargs).prev_sample
+                x = _from_frames_batch(stepped, b, f)
+            else:
+                x = sched.step(pred, t, x, **step_kwargs).prev_sample
             if progress is not None:
                 progress(i + 1, total)
     return x.contiguous()
+
+
+def _inverse_scheduler(scheduler: Scheduler, steps: int, device: Any) -> Any:
+    """``DDIMInverseScheduler`` from the model's config with ``steps`` ascending timesteps.
+
+    It knows ``leading`` and ``trailing`` spacing only; for another spacing (AnimateDiff's ``linspace``) its
+    timesteps are set to the forward ``DDIMScheduler``'s, reversed. Both schedulers step by
+    ``num_train_timesteps // steps`` whatever the spacing, so each inverse step undoes one forward step and the
+    round trip stays exact where the prediction ignores the latents.
+    """
+    from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+    config = dict(scheduler.config)
+    inverse = DDIMInverseScheduler.from_config(config, clip_sample=config.get("clip_sample", False))
+    if inverse.config.timestep_spacing in ("leading", "trailing"):
+        return prepare_timesteps(inverse, steps, device, ascending=True)
+    forward = prepare_timesteps(DDIMScheduler.from_config(config), steps, device)
+    inverse.num_inference_steps = steps
+    inverse.timesteps = forward.timesteps.flip(0)
+    return inverse
 
 
 def ddim_invert(
@@ -433,7 +513,8 @@ def ddim_invert(
     """Run DDIM backwards from clean ``latents`` to the noise that DDIM would denoise into them.
 
     Uses ``DDIMInverseScheduler`` built from the model's scheduler config (ascending timesteps, the UNet
-    evaluated at each destination timestep, as Tune-A-Video does). ``clip_sample`` defaults to off when the
+    evaluated at each destination timestep, as Tune-A-Video does; for a spacing it lacks, such as
+    AnimateDiff's ``linspace``, the forward DDIM timesteps reversed). ``clip_sample`` defaults to off when the
     config does not say, because the inverse scheduler's own default clips latents to [-1, 1]. The result is
     meant as ``noise`` for ``denoise`` with a DDIM scheduler (whose ``init_noise_sigma`` is 1) and the same
     ``steps``; the round trip is exact only when the UNet's prediction barely depends on its input.
@@ -445,7 +526,6 @@ def ddim_invert(
     ``context_frames``/``context_overlap``/``context_fuse`` are the temporal context windows of ``denoise``.
     """
     import torch
-    from diffusers import DDIMInverseScheduler
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -456,10 +536,8 @@ def ddim_invert(
     shape = _latent_shape(unet, batch, None, None, None, x)
     embeds, do_cfg = _guidance_embeds(conditioning, guidance_scale, device, dtype)
     predict = guided_predictor(unet, conditioning, embeds, do_cfg, guidance_scale, shape, context_frames,
-                               context_overlap, context_fuse)
-    config = dict(scheduler.config)
-    inverse = DDIMInverseScheduler.from_config(config, clip_sample=config.get("clip_sample", False))
-    inverse = prepare_timesteps(inverse, steps, device, ascending=True)
+                               context_overlap, context_fuse, frames_input="latents")
+    inverse = _inverse_scheduler(scheduler, steps, device)
     x = x.to(device=device, dtype=dtype)
     total = len(inverse.timesteps)
     with torch.inference_mode():

@@ -79,5 +79,6 @@ def track_object(
                "prompt": prompt, "expected_colour": want_colour, "expected_direction": want_direction,
                "min_saturation": min_saturation, "min_value": min_value, "min_pixels": min_pixels,
                "min_shift": min_shift}
-    metric = Metric(label or "track_object", value, details=details)
+    scale = "1 = matches the prompt, 0 = does not" if prompt else "confidence, 0 to 1"
+    metric = Metric(label or "track_object", value, details=details, scale=scale)
     return TrackedObject(result.colour, result.direction, result.confidence, match, metric)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SCHEDULER_CLASSES",
     "SCHEDULER_TYPES",
+    "UNET3D_FAMILIES",
     "VAE",
     "Conditioning",
     "Control",
@@ -253,9 +254,21 @@ class Conditioning:
         return cls(prompt_embeds=tensors["prompt_embeds"], negative_embeds=negative)
 
 
+#: ``UNet3D.family`` values: ModelScope/Zeroscope's ``UNet3DConditionModel`` and AnimateDiff's
+#: ``UNetMotionModel`` (a Stable Diffusion 1.5 UNet inflated with motion modules).
+UNET3D_FAMILIES: tuple[str, ...] = ("modelscope", "animatediff")
+
+
 @dataclass(eq=False)
 class UNet3D:
-    """Handle on a loaded ``UNet3DConditionModel`` and the id of the source it came from.
+    """Handle on a loaded video UNet and the id of the source it came from.
+
+    Two families share this handle (and the ``UNet3D`` port type), because their forward passes take the same
+    ``[B, C, F, h, w]`` latents, timestep, text states and ControlNet residuals: ModelScope/Zeroscope's
+    ``UNet3DConditionModel`` and AnimateDiff's ``UNetMotionModel``. ``family`` says which; the samplers
+    follow the family's diffusers pipelines where they differ (AnimateDiff's UNet wants the text states
+    repeated per frame, its pipelines step the scheduler on the ``[B, C, F, h, w]`` latents, and its motion
+    modules' positional encoding bounds the frames of one call, ``max_frames``).
 
     ``vae_scale_factor`` is the spatial factor of the VAE shipped with the same model, so that samplers can
     turn pixel sizes into latent sizes exactly as the diffusers pipelines do. ``loras`` names the LoRA files
@@ -266,6 +279,19 @@ class UNet3D:
     source: str
     vae_scale_factor: int = 8
     loras: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str:
+        """``"animatediff"`` for a ``UNetMotionModel``, else ``"modelscope"`` (``UNet3DConditionModel``)."""
+        return "animatediff" if type(self.module).__name__ == "UNetMotionModel" else "modelscope"
+
+    @property
+    def max_frames(self) -> int | None:
+        """The most frames one UNet call can take: an AnimateDiff motion module's positional-encoding length
+        (``motion_max_seq_length``; it was trained on 16-32 frames), ``None`` where there is no such bound."""
+        if self.family != "animatediff":
+            return None
+        return int(self.module.config.motion_max_seq_length)
 
     def __repr__(self) -> str:
         """Name the source and the LoRAs, not the module tree."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,12 +93,38 @@ def _header_error(path: Path, why: str) -> WeightsError:
     return WeightsError(f"{str(path)!r} is not a readable safetensors file: {why}")
 
 
+_HEADERS: dict[tuple[str, int, int], tuple[dict[str, _Entry], dict[str, str], int]] = {}
+_HEADERS_KEPT = 8
+_headers_lock = threading.Lock()
+
+
 def _read_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str], int]:
     """Parse and check a safetensors header: ``(entries, metadata, offset of the data)``.
 
     Every entry must name a known dtype, a shape of non-negative integers and a byte range of exactly that
-    size inside the file; ranges may not overlap. Nothing but the header is read.
+    size inside the file; ranges may not overlap. Nothing but the header is read. The last few parsed headers
+    are kept, keyed by the file's path, size and mtime: a loader that checks a file and then reads it, or reads
+    one file for several parts (a single Stable Diffusion checkpoint holds three networks), parses it once.
     """
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise WeightsError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
+    key = (str(path.resolve()), info.st_size, info.st_mtime_ns)
+    with _headers_lock:
+        cached = _HEADERS.get(key)
+    if cached is not None:
+        return dict(cached[0]), dict(cached[1]), cached[2]
+    parsed = _parse_header(path)
+    with _headers_lock:
+        while len(_HEADERS) >= _HEADERS_KEPT:
+            del _HEADERS[next(iter(_HEADERS))]
+        _HEADERS[key] = parsed
+    return dict(parsed[0]), dict(parsed[1]), parsed[2]
+
+
+def _parse_header(path: Path) -> tuple[dict[str, _Entry], dict[str, str], int]:
+    """:func:`_read_header` without the cache."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:

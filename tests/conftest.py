@@ -29,6 +29,8 @@ SLOW_TESTS = (
     "tests/diffusion/test_diffusion_workflows.py::test_changing_output_path_reuses_everything_else_across_processes",
     "tests/diffusion/test_diffusion_workflows.py::test_shipped_workflows_run_from_the_cli*",
     "tests/diffusion/*::*_from_the_cli*",
+    "tests/diffusion/test_animatediff_sampling.py::test_controlnet_matches_animatediff_controlnet_pipeline*",
+    "tests/diffusion/test_animatediff_workflows.py::test_animatediff_*_equals_*",
     "tests/test_readme.py::test_main_job_writes_a_video",
     "tests/test_readme.py::test_python_examples*",
     "tests/test_readme.py::test_example_commands_run_as_written*",
@@ -44,6 +46,7 @@ SLOW_TESTS = (
     "tests/diffusion/test_companions.py::test_lora_*",
     "tests/diffusion/test_companions.py::test_companion_training_*",
     "tests/diffusion/test_companions.py::test_shipped_companions_are_the_export_*",
+    "tests/diffusion/test_cold_start.py::*",
 )
 
 

@@ -142,6 +142,19 @@ def test_param_value_of_wrong_type(engine: Engine) -> None:
     assert engine.validate(doc, params={"n": "3"}) == []  # CLI text converts
 
 
+def test_param_with_null_default_is_optional_and_feeds_none(engine: Engine, tmp_path) -> None:
+    doc = wf({"r": {"type": "t.read_many", "inputs": {"paths": [], "named": {"param": "named"}}},
+              "a": {"type": "t.add", "inputs": {"a": 1, "b": {"param": "count"}}}},
+             params={"named": {"type": "json", "default": None}, "count": {"type": "int", "default": None}})
+    # Unset, the optional param feeds None: an input that takes None runs, one that does not is refused there.
+    assert located(engine.validate(doc)) == [("invalid_value", "a", "b")]
+    assert engine.validate(doc, params={"count": 2}) == []
+    assert engine.run(doc, params={"count": 2}).outputs["r.result"] == ""
+    (tmp_path / "x.txt").write_text("hi")
+    given = {"count": 2, "named": {"k": str(tmp_path / "x.txt")}}
+    assert engine.run(doc, params=given).outputs["r.result"] == "k=hi"
+
+
 def test_many_problems_in_one_pass(engine: Engine) -> None:
     doc = wf({
         "a": {"type": "t.nope", "inputs": {}},

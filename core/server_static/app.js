@@ -169,6 +169,7 @@ function onEvent(id, ev) {
   }
   if (ev.event === "node_started") setNode(card, ev.node, ev.node_type, "", 0, "running");
   else if (ev.event === "node_progress") setNode(card, ev.node, ev.node_type, "", ev.i / ev.n, `${ev.i}/${ev.n}`);
+  else if (ev.event === "node_stage") setNode(card, ev.node, ev.node_type, "", 0, ev.message);
   else if (ev.event === "node_finished") setNode(card, ev.node, ev.node_type, "done", 1, `${ev.seconds.toFixed(2)}s`);
   else if (ev.event === "node_cached") setNode(card, ev.node, ev.node_type, "cached", 1, "cached");
   else if (ev.event === "node_failed") setNode(card, ev.node, ev.node_type, "failed", 1, "failed");

@@ -82,6 +82,16 @@ def test_identical_videos_give_infinity_and_one() -> None:
     assert ssim_node(video, same, CTX).value == pytest.approx(1.0, abs=1e-6)
 
 
+def test_metric_lines_are_rounded_and_state_their_scale() -> None:
+    video, reference = noisy_pair(seed=1)
+    line = str(ssim_node(video, reference, CTX).metric)
+    value = ssim_node(video, reference, CTX).value
+    assert line == f"ssim = {value:.4g} (0 to 1, 1 = identical; mean of 5 frames)"
+    assert len(line.split(" = ")[1].split(" ")[0].replace("0.", "", 1)) <= 4
+    assert str(Metric("frechet_distance", 12.345678, higher_is_better=False, scale="lower is better")) == \
+        "frechet_distance = 12.35 (lower is better)"
+
+
 def test_frechet_distance_matches_scipy() -> None:
     np = pytest.importorskip("numpy")
     scipy_linalg = pytest.importorskip("scipy.linalg")
@@ -127,11 +137,12 @@ def test_cosine_pairs() -> None:
 
 
 def test_metric_json_is_strict_and_round_trips() -> None:
-    metric = Metric("psnr", math.inf, (math.inf, 30.5), unit="dB", details={"data_range": 1.0})
+    metric = Metric("psnr", math.inf, (math.inf, 30.5), unit="dB", details={"data_range": 1.0}, scale="dB")
     text = json.dumps(metric.to_json(), allow_nan=False)
     assert json.loads(text)["value"] == "inf"
     back = Metric.__reelgraph_restore__({}, json.loads(text))
-    assert (back.value, back.items, back.details) == (math.inf, (math.inf, 30.5), {"data_range": 1.0})
+    assert (back.value, back.items, back.details, back.scale) == (math.inf, (math.inf, 30.5), {"data_range": 1.0},
+                                                                  "dB")
 
 
 def _pair_workflow(folder: Path) -> dict[str, Any]:

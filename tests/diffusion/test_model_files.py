@@ -185,7 +185,10 @@ def test_fp16_only_folder_gives_the_frames_of_diffusers(dtype: str, engine: Engi
     printed = capfd.readouterr()
     assert "error occurred" not in printed.out + printed.err
     reference = theirs(folder, variant="fp16", torch_dtype=getattr(torch, dtype))
-    assert (frames - reference).abs().max().item() <= 1e-4
+    # float16 on this CPU (AVX-512): a Linear's result depends on whether its weights are 64-byte aligned, which
+    # reelgraph's copies are and diffusers' memory-mapped ones are not (same weights, same input: 1.2e-4 apart
+    # at the first differing layer, 3.2e-3 in the frames after 4 steps). float32 stays exact.
+    assert (frames - reference).abs().max().item() <= (1e-4 if dtype == "float32" else 1e-2)
     unet = load_model(str(folder), device="cpu", dtype=dtype)[0].module
     stored = load_file(folder / "unet" / "diffusion_pytorch_model.fp16.safetensors")
     assert unet.dtype == getattr(torch, dtype)
