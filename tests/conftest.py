@@ -47,6 +47,8 @@ SLOW_TESTS = (
     "tests/diffusion/test_companions.py::test_companion_training_*",
     "tests/diffusion/test_companions.py::test_shipped_companions_are_the_export_*",
     "tests/diffusion/test_cold_start.py::*",
+    "tests/diffusion/test_model_files.py::test_loads_hold_no_more_than_the_weights",
+    "tests/diffusion/test_cache_integrity.py::test_thread_count_and_device_are_part_of_the_key",
 )
 
 
