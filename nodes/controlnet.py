@@ -81,20 +81,12 @@ def _builtins() -> dict[str, tuple[Any, Any]]:
         TINY_ANIMATEDIFF_CONTROLNET_SOURCE,
         ensure_tiny_animatediff_controlnet,
     )
-    from .tiny_models import (
-        TINY_CONTROLNET_RANDOM_SOURCE,
-        TINY_CONTROLNET_SOURCE,
-        builtin_controlnet,
-        builtin_controlnet_version,
-    )
+    from .tiny_models import controlnet_builtins
 
-    def tiny(source: str) -> tuple[Any, Any]:
-        return (lambda: builtin_controlnet_version(source)), (lambda: builtin_controlnet(source))
-
-    return {TINY_CONTROLNET_SOURCE: tiny(TINY_CONTROLNET_SOURCE),
-            TINY_CONTROLNET_RANDOM_SOURCE: tiny(TINY_CONTROLNET_RANDOM_SOURCE),
-            TINY_ANIMATEDIFF_CONTROLNET_SOURCE: ((lambda: TINY_ANIMATEDIFF_CONTROLNET_NAME),
-                                                 ensure_tiny_animatediff_controlnet)}
+    builtins = {source: (version, folder) for source, (folder, version) in controlnet_builtins().items()}
+    builtins[TINY_ANIMATEDIFF_CONTROLNET_SOURCE] = ((lambda: TINY_ANIMATEDIFF_CONTROLNET_NAME),
+                                                    ensure_tiny_animatediff_controlnet)
+    return builtins
 
 
 def _resolve(source: str) -> Path:

@@ -80,6 +80,7 @@ __all__ = [
     "builtin_lora_version",
     "builtin_model",
     "builtin_model_version",
+    "controlnet_builtins",
     "ensure_tiny_controlnet",
     "ensure_tiny_controlnet_random",
     "ensure_tiny_lora",
@@ -513,23 +514,26 @@ def ensure_tiny_controlnet_random() -> Path:
     return build_once(target, target / "config.json", _write_tiny_controlnet)
 
 
+def _shipped_version(name: str) -> str:
+    """The content id of a shipped companion: its name and the start of its SHA256SUMS digest."""
+    return f"{name}:{_verified_shipped(name)[1][:16]}"
+
+
+def controlnet_builtins() -> dict[str, tuple[Callable[[], Path], Callable[[], str]]]:
+    """The ``builtin:`` ControlNets for ``builtin:tiny``: source -> (its folder, its content id for cache keys)."""
+    return {TINY_CONTROLNET_SOURCE: (ensure_tiny_controlnet, lambda: _shipped_version(TINY_CONTROLNET_NAME)),
+            TINY_CONTROLNET_RANDOM_SOURCE: (ensure_tiny_controlnet_random, lambda: TINY_CONTROLNET_RANDOM_NAME)}
+
+
 def builtin_controlnet(source: str) -> Path:
     """The folder of a ``builtin:`` ControlNet source. Raises ``KeyError`` for an unknown builtin and
     ``WeightsMismatch`` for altered shipped weights."""
-    if source == TINY_CONTROLNET_SOURCE:
-        return ensure_tiny_controlnet()
-    if source == TINY_CONTROLNET_RANDOM_SOURCE:
-        return ensure_tiny_controlnet_random()
-    raise KeyError(source)
+    return controlnet_builtins()[source][0]()
 
 
 def builtin_controlnet_version(source: str) -> str:
     """A short id of the content behind a ``builtin:`` ControlNet source (cache keys change with it)."""
-    if source == TINY_CONTROLNET_SOURCE:
-        return f"{TINY_CONTROLNET_NAME}:{_verified_shipped(TINY_CONTROLNET_NAME)[1][:16]}"
-    if source == TINY_CONTROLNET_RANDOM_SOURCE:
-        return TINY_CONTROLNET_RANDOM_NAME
-    raise KeyError(source)
+    return controlnet_builtins()[source][1]()
 
 
 def _lora_targets() -> dict[str, tuple[str, tuple[int, int]]]:
@@ -582,20 +586,18 @@ def ensure_tiny_lora_random() -> Path:
     return build_once(target, target, _write_tiny_lora)
 
 
+def _lora_builtins() -> dict[str, tuple[Callable[[], Path], Callable[[], str]]]:
+    """The ``builtin:`` LoRAs: source -> (its file, its content id for cache keys)."""
+    return {TINY_LORA_SOURCE: (ensure_tiny_lora, lambda: _shipped_version(TINY_LORA_NAME)),
+            TINY_LORA_RANDOM_SOURCE: (ensure_tiny_lora_random, lambda: TINY_LORA_RANDOM_NAME)}
+
+
 def builtin_lora(source: str) -> Path:
     """The file of a ``builtin:`` LoRA source. Raises ``KeyError`` for an unknown builtin and
     ``WeightsMismatch`` for altered shipped weights."""
-    if source == TINY_LORA_SOURCE:
-        return ensure_tiny_lora()
-    if source == TINY_LORA_RANDOM_SOURCE:
-        return ensure_tiny_lora_random()
-    raise KeyError(source)
+    return _lora_builtins()[source][0]()
 
 
 def builtin_lora_version(source: str) -> str:
     """A short id of the content behind a ``builtin:`` LoRA source (cache keys change with it)."""
-    if source == TINY_LORA_SOURCE:
-        return f"{TINY_LORA_NAME}:{_verified_shipped(TINY_LORA_NAME)[1][:16]}"
-    if source == TINY_LORA_RANDOM_SOURCE:
-        return TINY_LORA_RANDOM_NAME
-    raise KeyError(source)
+    return _lora_builtins()[source][1]()

@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -271,7 +268,7 @@ class ControlNetTrainer(CompanionTrainer):
             copy.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
             _write_training_json(self, tmp)
 
-        return _export_folder(out, write)
+        return tt.publish_folder(out, write)
 
 
 # ------------------------------------------------------------------------------------------------ lora
@@ -379,28 +376,13 @@ class LoraTrainer(CompanionTrainer):
             save_file(tensors, str(tmp / f"{out.name}.safetensors"), metadata={"format": "pt"})
             _write_training_json(self, tmp, concept=CONCEPT)
 
-        return _export_folder(out, write)
+        return tt.publish_folder(out, write)
 
 
 # ---------------------------------------------------------------------------------------------- export
 def _write_training_json(trainer: CompanionTrainer, folder: Path, **extra: Any) -> None:
     (folder / "training.json").write_text(json.dumps({"step": trainer.step, "config": trainer.config(), **extra},
                                                      indent=2) + "\n")
-
-
-def _export_folder(out: Path, write: Any) -> Path:
-    """``write(tmp)`` into a temporary sibling of ``out``, add ``SHA256SUMS``, then rename it into place."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        write(tmp)
-        tt.write_sha256sums(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 # ------------------------------------------------------------------------------------------------ eval

@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -414,8 +415,7 @@ def export_model(trainer: Trainer, out: Path) -> Path:
     import diffusers
     from diffusers import DDIMScheduler
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
         vae_cfg = dict(trainer.vae.config)
         trainer.vae.register_to_config(scaling_factor=trainer.scaling_factor)
@@ -441,6 +441,16 @@ def export_model(trainer: Trainer, out: Path) -> Path:
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         (tmp / "training.json").write_text(json.dumps({"step": trainer.step, "config": _config_of(trainer.args),
                                                        "scaling_factor": trainer.scaling_factor}, indent=2) + "\n")
+
+    return publish_folder(out, write)
+
+
+def publish_folder(out: Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a temporary sibling of ``out``, add ``SHA256SUMS``, then rename it into place (a
+    reader never sees a half-written folder; a failed export leaves ``out`` as it was)."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
         write_sha256sums(tmp)
         if out.exists():
             shutil.rmtree(out)
